@@ -114,5 +114,11 @@ def _backward(ctx, v_depth, v_opacity, v_features, v_termination):
     return v_density, v_feats, None, None, None, None, None, None, None, None
 
 
+def _double_backward(ctx, *grads):
+    raise NotImplementedError("radocc's renderer does not support double backward "
+                              "(create_graph=True through volume_render)")
+
+
 torch.library.register_autograd("radocc::render_forward", _backward,
                                 setup_context=_setup_context)
+torch.library.register_autograd("radocc::render_backward", _double_backward)
