@@ -29,8 +29,6 @@ RADOCC_HD T min_(T a, T b) { return a < b ? a : b; }
 template <typename T>
 RADOCC_HD T max_(T a, T b) { return a > b ? a : b; }
 // Float and double overloads that resolve the same way in host and device code.
-RADOCC_HD float exp_(float x) { return expf(x); }
-RADOCC_HD double exp_(double x) { return exp(x); }
 RADOCC_HD float expm1_(float x) { return expm1f(x); }
 RADOCC_HD double expm1_(double x) { return expm1(x); }
 RADOCC_HD float floor_(float x) { return floorf(x); }
@@ -39,15 +37,24 @@ RADOCC_HD float ceil_(float x) { return ceilf(x); }
 RADOCC_HD double ceil_(double x) { return ceil(x); }
 RADOCC_HD float sqrt_(float x) { return sqrtf(x); }
 RADOCC_HD double sqrt_(double x) { return sqrt(x); }
-RADOCC_HD int64_t clamp_index(int64_t i, int64_t n) { return i < 0 ? 0 : (i >= n ? n - 1 : i); }
 
 template <typename T>
 struct Grid {
   T lower[3];
   T voxel[3];       // edge length of a voxel per axis, metres
   T upper[3];
+  T inv_voxel[3];   // 1 / voxel
   int64_t size[3];  // X, Y, Z
 };
+
+// Index of the cell holding continuous coordinate u (in voxels), clamped to [0, n). The cast
+// truncates, which equals floor for u >= 0 and is clamped to 0 below (no libm call per sample).
+template <typename T>
+RADOCC_HD int64_t cell_of(T u, int64_t n) {
+  if (!(u > T(0))) return 0;
+  const int64_t i = int64_t(u);
+  return i < n ? i : n - 1;
+}
 
 // How a ray is cut into samples and what each sample reads from the grid.
 template <typename T>
@@ -87,10 +94,10 @@ RADOCC_HD bool clip_ray(const T o[3], const T d[3], const Grid<T>& g, T near, T 
   return t1 > t0;  // false for NaN too
 }
 
-// t at which the ray crosses plane k (at lower + k * voxel) of axis a.
+// t at which the ray crosses plane k (at lower + k * voxel) of axis a; inv_d = 1 / d[a].
 template <typename T>
-RADOCC_HD T plane_t(const T o[3], const T d[3], const Grid<T>& g, int a, int64_t k) {
-  return (g.lower[a] + T(k) * g.voxel[a] - o[a]) / d[a];
+RADOCC_HD T plane_t(const T o[3], T inv_d, const Grid<T>& g, int a, int64_t k) {
+  return (g.lower[a] + T(k) * g.voxel[a] - o[a]) * inv_d;
 }
 
 // Exact traversal (Amanatides & Woo): cut [t0, t1] at every voxel boundary. The voxel of a
@@ -100,21 +107,23 @@ template <typename T, typename Visit>
 RADOCC_HD void march_exact(const T o[3], const T d[3], const Grid<T>& g, T t0, T t1, Visit&& visit) {
   int64_t plane[3];
   int step[3];
-  T t_next[3];
+  T t_next[3], inv_d[3];
   for (int a = 0; a < 3; ++a) {
     if (d[a] == T(0)) {
       step[a] = 0;
       plane[a] = 0;
+      inv_d[a] = T(0);
       t_next[a] = std::numeric_limits<T>::infinity();
       continue;
     }
+    inv_d[a] = T(1) / d[a];
     const T u = (o[a] + t0 * d[a] - g.lower[a]) / g.voxel[a];
     step[a] = d[a] > 0 ? 1 : -1;
     plane[a] = d[a] > 0 ? int64_t(floor_(u)) + 1 : int64_t(ceil_(u)) - 1;
-    t_next[a] = plane_t(o, d, g, a, plane[a]);
+    t_next[a] = plane_t(o, inv_d[a], g, a, plane[a]);
     if (t_next[a] <= t0) {  // u sat on a plane up to rounding
       plane[a] += step[a];
-      t_next[a] = plane_t(o, d, g, a, plane[a]);
+      t_next[a] = plane_t(o, inv_d[a], g, a, plane[a]);
     }
   }
   Sample<T, 1> s;
@@ -129,17 +138,15 @@ RADOCC_HD void march_exact(const T o[3], const T d[3], const Grid<T>& g, T t0, T
       s.t = T(0.5) * (t + te);
       s.len = te - t;
       int64_t idx[3];
-      for (int b = 0; b < 3; ++b) {
-        const T p = o[b] + s.t * d[b];
-        idx[b] = clamp_index(int64_t(floor_((p - g.lower[b]) / g.voxel[b])), g.size[b]);
-      }
+      for (int b = 0; b < 3; ++b)
+        idx[b] = cell_of((o[b] + s.t * d[b] - g.lower[b]) * g.inv_voxel[b], g.size[b]);
       s.cell[0] = (idx[0] * g.size[1] + idx[1]) * g.size[2] + idx[2];
       visit(s);
     }
     if (te >= t1) break;
     t = te;
     plane[a] += step[a];
-    t_next[a] = plane_t(o, d, g, a, plane[a]);
+    t_next[a] = plane_t(o, inv_d[a], g, a, plane[a]);
   }
 }
 
@@ -151,11 +158,9 @@ RADOCC_HD void trilinear(const T p[3], const Grid<T>& g, Sample<T, 8>& s) {
   T f[3];
   for (int a = 0; a < 3; ++a) {
     const int64_t n = g.size[a];
-    T u = (p[a] - g.lower[a]) / g.voxel[a] - T(0.5);
+    T u = (p[a] - g.lower[a]) * g.inv_voxel[a] - T(0.5);
     u = min_(max_(u, T(0)), T(n - 1));
-    int64_t i = int64_t(floor_(u));
-    if (i > n - 2) i = n - 2;
-    if (i < 0) i = 0;
+    int64_t i = cell_of(u, n - 1);  // u >= 0, so the cast is floor; at most n - 2
     i0[a] = i;
     i1[a] = min_(i + 1, n - 1);
     f[a] = u - T(i);
@@ -257,9 +262,9 @@ RADOCC_HD void render_ray_forward(const Buffers<T>& io, const Grid<T>& g, const 
   int64_t bin = 0;
   auto visit = [&](const auto& s) {
     constexpr int K = std::decay_t<decltype(s)>::kCorners;
-    const T x = read_density(density, s) * s.len;
-    const T w = trans * -expm1_(-x);
-    trans *= exp_(-x);
+    const T em1 = expm1_(-read_density(density, s) * s.len);  // -alpha
+    const T w = trans * -em1;
+    trans *= T(1) + em1;
     depth += w * s.t;
     opacity += w;
     for (int k = 0; k < K; ++k) {
@@ -308,9 +313,9 @@ RADOCC_HD void render_ray_backward(const Buffers<T>& io, const Buffers<T>& grad,
   int64_t bin = 0;
   auto visit = [&](const auto& s) {
     constexpr int K = std::decay_t<decltype(s)>::kCorners;
-    const T x = read_density(density, s) * s.len;
-    const T w = trans * -expm1_(-x);
-    const T trans_next = trans * exp_(-x);
+    const T em1 = expm1_(-read_density(density, s) * s.len);  // -alpha
+    const T w = trans * -em1;
+    const T trans_next = trans * (T(1) + em1);
     T c_i = g_depth * s.t + g_opacity - g_last;
     if (D > 0) {
       bin = advance_bin(io.edges, D, bin, s.t);

@@ -60,6 +60,7 @@ Grid<T> make_grid(const at::Tensor& density, at::ArrayRef<double> lower,
     g.lower[a] = T(lower[a]);
     g.upper[a] = T(upper[a]);
     g.voxel[a] = T((upper[a] - lower[a]) / double(g.size[a]));
+    g.inv_voxel[a] = T(double(g.size[a]) / (upper[a] - lower[a]));
   }
   return g;
 }
