@@ -1,0 +1,38 @@
+# `make test` and `make demo` work on a fresh machine with nothing but Python 3.10+:
+# they create .venv/, install torch, build radocc (CPU kernels, and CUDA kernels when nvcc is
+# found) and run. Rebuilds are incremental (ninja) and only happen when csrc/ or setup.py change.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+INSTALLED := $(VENV)/.radocc-installed
+
+.PHONY: install test test-all demo bench clean
+
+$(VENV)/.torch-installed:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade "pip>=23" setuptools wheel ninja
+	$(PIP) install $(TORCH_PINS)
+	touch $@
+
+$(INSTALLED): $(VENV)/.torch-installed setup.py pyproject.toml $(wildcard csrc/*)
+	$(PIP) install -e ".[dev]" --no-build-isolation
+	touch $@
+
+install: $(INSTALLED)
+
+test: install
+	$(PY) -m pytest -m "not slow" -q
+
+test-all: install
+	$(PY) -m pytest -q
+
+demo: install
+	$(PY) -m radocc.demo --out outputs/demo
+
+bench: install
+	$(PY) -m radocc.bench render
+
+clean:
+	rm -rf build radocc/_C*.so radocc/_build_info.json $(INSTALLED)
