@@ -12,7 +12,7 @@ INSTALLED := $(VENV)/.radocc-installed
 
 $(VENV)/.torch-installed:
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install --upgrade "pip>=23" setuptools wheel ninja
+	$(PIP) install "setuptools>=64" wheel ninja
 	$(PIP) install $(TORCH_PINS)
 	touch $@
 

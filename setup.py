@@ -112,7 +112,10 @@ setup(
     package_data={"radocc": ["_build_info.json"]},
     ext_modules=[Extension("radocc._C", **extension_kwargs(WITH_CUDA))],
     cmdclass={"build_ext": Build.with_options(use_ninja=True)},
-    install_requires=[f"torch>={'.'.join(map(str, MIN_TORCH))}", "numpy", "tqdm", "pillow"],
+    install_requires=[
+        f"torch>={'.'.join(map(str, MIN_TORCH))}", "torchvision", "numpy", "tqdm", "pillow",
+        "segment-anything>=1.0", "scikit-image>=0.21",
+    ],
     extras_require={
         "dev": ["pytest", "hypothesis", "nerfacc==0.5.3", "ninja"],
     },
