@@ -141,7 +141,7 @@ RADOCC_HD void march_exact(const T o[3], const T d[3], const Grid<T>& g, T t0, T
       for (int b = 0; b < 3; ++b)
         idx[b] = cell_of((o[b] + s.t * d[b] - g.lower[b]) * g.inv_voxel[b], g.size[b]);
       s.cell[0] = (idx[0] * g.size[1] + idx[1]) * g.size[2] + idx[2];
-      visit(s);
+      if (!visit(s)) return;
     }
     if (te >= t1) break;
     t = te;
@@ -189,11 +189,12 @@ RADOCC_HD void march_uniform(const T o[3], const T d[3], const Grid<T>& g, T t0,
     s.len = te - ts;
     const T p[3] = {o[0] + s.t * d[0], o[1] + s.t * d[1], o[2] + s.t * d[2]};
     trilinear(p, g, s);
-    visit(s);
+    if (!visit(s)) return;
   }
 }
 
-// Runs `visit(sample)` over the ray's samples in increasing t, in the mode the spec names.
+// Runs `visit(sample)` over the ray's samples in increasing t, in the mode the spec names, until
+// it returns false.
 template <typename T, typename Visit>
 RADOCC_HD void march(const T* origin, const T* direction, const Grid<T>& g, const MarchSpec<T>& m,
                      Visit&& visit) {
@@ -276,6 +277,7 @@ RADOCC_HD void render_ray_forward(const Buffers<T>& io, const Grid<T>& g, const 
       bin = advance_bin(io.edges, D, bin, s.t);
       term[bin] += w;
     }
+    return trans > T(0);  // once T underflows to 0, every later weight is exactly 0
   };
   march(io.origins + 3 * i, io.directions + 3 * i, g, m, visit);
   io.depth[i] = depth;
@@ -337,6 +339,7 @@ RADOCC_HD void render_ray_backward(const Buffers<T>& io, const Buffers<T>& grad,
       for (int64_t c = 0; c < C; ++c) add(vf + c, wk * g_feat[c]);
     }
     trans = trans_next;
+    return trans > T(0);  // later samples have w = 0 and an exactly zero gradient
   };
   march(io.origins + 3 * i, io.directions + 3 * i, g, m, visit);
 }

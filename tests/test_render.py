@@ -64,6 +64,23 @@ def test_matches_reference(device, step, dtype, batch, channels):
     assert want[0].abs().sum() > 0 and want[1].abs().sum() > 0
 
 
+@pytest.mark.parametrize("step", [None, 0.17])
+def test_opaque_scene_matches_reference(step):
+    """Transmittance underflows to exactly 0 behind opaque voxels (marching stops there)."""
+    density, features, origins, directions = random_scene(dtype=torch.float32)
+    density = (density * 1000).requires_grad_()
+    features.requires_grad_()
+    kwargs = dict(grid=GRID, step=step, depth_bins=torch.linspace(0, 8, 11))
+    ours = volume_render(density, origins, directions, features, **kwargs)
+    ref = volume_render_reference(density, origins, directions, features, **kwargs)
+    assert_outputs_close(ours, ref, 1e-5)
+    assert (ours.opacity == 1).sum() > 10
+    incoming = [torch.randn_like(x) for x in ours]
+    for g, w in zip(torch.autograd.grad(ours, (density, features), incoming),
+                    torch.autograd.grad(ref, (density, features), incoming)):
+        torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("step", [None, 0.1])
 def test_uniform_slab_closed_form(step):
     """Constant density sigma along an x ray inside [near, far]: opacity = 1 - exp(-sigma L), and
