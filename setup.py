@@ -91,7 +91,14 @@ def extension_kwargs(with_cuda: bool) -> dict:
 
 
 class Build(BuildExtension):
-    """Records what the library was built against, so that import can spot a torch mismatch."""
+    """Builds in ./build (so that ninja recompiles only what changed, even under pip's editable
+    installs, which would use a fresh temporary folder) and records what the library was built
+    against, so that import can spot a torch mismatch."""
+
+    def finalize_options(self) -> None:
+        super().finalize_options()
+        tag = f"py{sys.version_info[0]}{sys.version_info[1]}-torch{torch.__version__}"
+        self.build_temp = str(ROOT / "build" / f"temp-{tag}{'-cuda' if WITH_CUDA else ''}")
 
     def run(self) -> None:
         super().run()
