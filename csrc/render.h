@@ -334,8 +334,9 @@ RADOCC_HD void render_ray_backward(const Buffers<T>& io, const Buffers<T>& grad,
     for (int k = 0; k < K; ++k) {
       if (s.weight[k] == T(0)) continue;
       add(v_density + s.cell[k], s.weight[k] * v_sigma);
-      T* vf = v_features + s.cell[k] * C;
       const T wk = w * s.weight[k];
+      if (wk == T(0)) continue;  // empty space: no feature gradient, and no atomics on CUDA
+      T* vf = v_features + s.cell[k] * C;
       for (int64_t c = 0; c < C; ++c) add(vf + c, wk * g_feat[c]);
     }
     trans = trans_next;
