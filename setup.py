@@ -122,6 +122,7 @@ setup(
     install_requires=[
         f"torch>={'.'.join(map(str, MIN_TORCH))}", "torchvision", "numpy", "tqdm", "pillow",
         "segment-anything>=1.0", "scikit-image>=0.21",
+        "nuscenes-devkit==1.2.0",  # pins numpy < 2
     ],
     extras_require={
         "dev": ["pytest", "hypothesis", "nerfacc==0.5.3", "ninja"],

@@ -34,16 +34,15 @@ def workload(device: str, stride: int, fraction: float, seed: int = 0):
     """
     from radocc.rays import camera_rays
     from radocc.render import density_from_logits
-    from radocc.rig import FULL_SIZE, nuscenes_rig
+    from radocc.data.rig import camera_matrices
 
     gen = torch.Generator().manual_seed(seed)
     logits = torch.randn(1, *SHAPE, FEATURES, generator=gen)
     logits[..., 17] += 3.0
     density = density_from_logits(logits, free_index=17, voxel_size=0.4)
     features = torch.randn(1, *SHAPE, FEATURES, generator=gen)
-    intrinsics, cam2ego = nuscenes_rig(FULL_SIZE)
-    origins, directions = camera_rays(intrinsics[None].float(), cam2ego[None].float(),
-                                      FULL_SIZE, stride=stride)
+    intrinsics, cam2ego = (torch.from_numpy(m).float()[None] for m in camera_matrices())
+    origins, directions = camera_rays(intrinsics, cam2ego, (900, 1600), stride=stride)
     keep = max(1, round(1 / fraction))
     origins, directions = origins[:, ::keep].contiguous(), directions[:, ::keep].contiguous()
     rays = origins.shape[1]

@@ -17,7 +17,7 @@ import torch
 from radocc import viz
 from radocc.rays import camera_rays
 from radocc.render import VoxelGrid, volume_render
-from radocc.rig import CAMERAS, nuscenes_rig
+from radocc.data.rig import CAMERA_NAMES, camera_matrices
 
 FREE, NUM_CLASSES = 17, 18
 # Occ3D class ids used by the scene
@@ -74,17 +74,17 @@ def render_cameras(semantics: np.ndarray, image_size: tuple[int, int],
     labels = torch.from_numpy(semantics.astype(np.int64)).to(device)
     density = torch.where(labels != FREE, 50.0, 0.0)[None]  # opaque voxels, sigma per metre
     onehot = torch.nn.functional.one_hot(labels, NUM_CLASSES).float()[None]
-    intrinsics, cam2ego = nuscenes_rig(image_size)
-    origins, directions = camera_rays(intrinsics[None].float().to(device),
-                                      cam2ego[None].float().to(device), image_size)
+    intrinsics, cam2ego = (torch.from_numpy(m).float()[None].to(device)
+                           for m in camera_matrices(image_size))
+    origins, directions = camera_rays(intrinsics, cam2ego, image_size)
     out = volume_render(density, origins, directions, onehot)
     height, width = image_size
-    depth = out.depth.reshape(len(CAMERAS), height, width).cpu()
-    opacity = out.opacity.reshape(len(CAMERAS), height, width).cpu()
-    classes = out.features.reshape(len(CAMERAS), height, width, NUM_CLASSES).argmax(-1).cpu()
+    depth = out.depth.reshape(len(CAMERA_NAMES), height, width).cpu()
+    opacity = out.opacity.reshape(len(CAMERA_NAMES), height, width).cpu()
+    classes = out.features.reshape(len(CAMERA_NAMES), height, width, NUM_CLASSES).argmax(-1).cpu()
     classes[opacity < 0.5] = FREE
     return {name: {"depth": depth[i].numpy(), "opacity": opacity[i].numpy(),
-                   "classes": classes[i].numpy()} for i, name in enumerate(CAMERAS)}
+                   "classes": classes[i].numpy()} for i, name in enumerate(CAMERA_NAMES)}
 
 
 def main(argv: list[str] | None = None) -> int:

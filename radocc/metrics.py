@@ -21,17 +21,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-ArrayLike = Union[np.ndarray, torch.Tensor]
+# The Occ3D facts live in radocc.data.occ3d; re-exported here under the metrics' names.
+from radocc.data.occ3d import CLASS_NAMES as OCC3D_CLASSES
+from radocc.data.occ3d import FREE as OCC3D_FREE
+from radocc.data.occ3d import GRID_LOWER as OCC3D_LOWER
+from radocc.data.occ3d import GRID_SHAPE as OCC3D_SHAPE
+from radocc.data.occ3d import GRID_UPPER as OCC3D_UPPER
 
-OCC3D_CLASSES: tuple[str, ...] = (
-    "others", "barrier", "bicycle", "bus", "car", "construction_vehicle", "motorcycle",
-    "pedestrian", "traffic_cone", "trailer", "truck", "driveable_surface", "other_flat",
-    "sidewalk", "terrain", "manmade", "vegetation", "free",
-)
-OCC3D_FREE = 17
-OCC3D_SHAPE = (200, 200, 16)
-OCC3D_LOWER = (-40.0, -40.0, -1.0)
-OCC3D_UPPER = (40.0, 40.0, 5.4)
+ArrayLike = Union[np.ndarray, torch.Tensor]
 
 __all__ = [
     "OCC3D_CLASSES", "OCC3D_FREE", "OCC3D_SHAPE", "OCC3D_LOWER", "OCC3D_UPPER",

@@ -165,3 +165,10 @@ def test_missing_library_is_reported(monkeypatch, tmp_path):
     with pytest.raises(ImportError, match=r"could not be loaded .* torch .* with CUDA .*"
                                           r"pip install -e \. --no-build-isolation"):
         _ext.load()
+
+
+def test_huge_finite_values_are_not_mistaken_for_inf():
+    """The finiteness check sums first; a sum that overflows must not raise for finite input."""
+    density = torch.full((2, 4, 4, 2), 3e38)
+    out = render(density=density)
+    assert torch.isfinite(out.depth).all()
