@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from functools import partial
 from pathlib import Path
 
@@ -520,3 +521,33 @@ def test_cli_errors(tmp_path, data_root, capsys):
     with pytest.raises(SystemExit) as exit_info:
         run("--data-root", str(data_root))
     assert exit_info.value.code == 2 and "--checkpoint is required" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["sam", "felzenszwalb"])
+def test_segments_of_the_synthetic_dataset_feed_the_loader(
+    synthetic_root, tmp_path, tiny_checkpoint, monkeypatch, method
+):
+    """The tool runs over a generated nuScenes-layout dataset (tiny random SAM and the fallback)
+    and the devkit loader returns its segment maps with every camera image."""
+    from radocc.data import DatasetConfig, NuScenesOccDataset
+
+    root = tmp_path / "data"
+    shutil.copytree(synthetic_root, root)
+    if method == "sam":
+        monkeypatch.setitem(segment_anything.sam_model_registry, "tiny", build_tiny_sam)
+        argv = ["--checkpoint", str(tiny_checkpoint), "--model-type", "tiny",
+                "--points-per-side", "4", "--pred-iou-thresh", "0",
+                "--stability-score-thresh", "0", "--device", "cpu"]
+    else:
+        argv = ["--fallback", "felzenszwalb"]
+    assert seg.main(["--data-root", str(root), "--no-progress", *argv]) == 0
+    images = seg.find_camera_images(root)
+    assert len(images) == 6 * 4 and len(list((root / "sam_segments").rglob("*.png"))) == 24
+
+    dataset = NuScenesOccDataset(str(root), "v1.0-mini", "val", DatasetConfig(image_size=(45, 80)))
+    item = dataset[0]
+    assert item["segments"].shape == (6, 45, 80)
+    assert item["segments"].dtype == torch.int64
+    per_camera = [len(torch.unique(s)) for s in item["segments"]]
+    assert min(per_camera) >= 2  # every camera image is cut into several segments
+    assert json.loads((root / "sam_segments" / "meta.json").read_text())["method"] == method
