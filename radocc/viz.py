@@ -1,5 +1,14 @@
-"""Pictures: Occ3D class colours, depth colour maps, camera mosaics and bird's-eye views (PNG)."""
+"""Pictures: Occ3D class colours, depth colour maps, camera mosaics and bird's-eye views (PNG).
 
+    python -m radocc.viz --data-root DIR [--version v1.0-mini] [--split val] [--index 0]
+                         [--out sample.png]
+
+draws one sample of a nuScenes-layout dataset: the six cameras, the Occ3D occupancy from above,
+and the LiDAR points over it.
+"""
+
+import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -71,3 +80,57 @@ def save_png(path: str | Path, image: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.ascontiguousarray(image)).save(path)
     return path
+
+
+def bev_points(points, size: int = 600, extent: float = 40.0,
+               background: np.ndarray | None = None) -> np.ndarray:
+    """LiDAR points [P, >=3] (ego frame, metres) seen from above as uint8 [size, size, 3]:
+    forward is up, left is left, colour by height; drawn over ``background`` if given."""
+    points = _numpy(points)
+    image = np.zeros((size, size, 3), np.uint8) if background is None else background.copy()
+    scale = size / (2 * extent)
+    rows = ((extent - points[:, 0]) * scale).astype(int)
+    cols = ((extent - points[:, 1]) * scale).astype(int)
+    keep = (rows >= 0) & (rows < size) & (cols >= 0) & (cols < size)
+    height = np.clip((points[keep, 2] + 1.0) / 4.0, 0, 1)  # -1 m .. 3 m
+    colour = np.stack([255 * height, 255 * (1 - height), np.full_like(height, 255)], -1)
+    image[rows[keep], cols[keep]] = colour.astype(np.uint8)
+    return image
+
+
+def sample_overview(item: dict, cameras: tuple[str, ...]) -> np.ndarray:
+    """One dataset item (see radocc.data.NuScenesOccDataset) as a picture: the 2 x 3 camera
+    mosaic on top; below, the occupancy from above and the LiDAR points over a dimmed copy."""
+    images = (_numpy(item["images"]).transpose(0, 2, 3, 1) * 255).round().astype(np.uint8)
+    mosaic = camera_mosaic(dict(zip(cameras, images)))
+    bev = colorize_labels(bev_labels(item["semantics"]))
+    side = mosaic.shape[1] // 2
+    bev = np.asarray(Image.fromarray(bev).resize((side, side), Image.NEAREST))
+    lidar = bev_points(item["points"], size=side, background=(bev * 0.35).astype(np.uint8))
+    return np.concatenate([mosaic, np.concatenate([bev, lidar], axis=1)], axis=0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m radocc.viz", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-root", required=True, help="nuScenes-layout dataset root")
+    parser.add_argument("--version", default="v1.0-mini")
+    parser.add_argument("--split", default="val")
+    parser.add_argument("--index", type=int, default=0, help="sample index within the split")
+    parser.add_argument("--height", type=int, default=225, help="camera picture height, pixels")
+    parser.add_argument("--width", type=int, default=400, help="camera picture width, pixels")
+    parser.add_argument("--out", default="outputs/sample.png")
+    args = parser.parse_args(argv)
+    from radocc.data import DatasetConfig, NuScenesOccDataset
+
+    config = DatasetConfig(image_size=(args.height, args.width), load_segments=False)
+    dataset = NuScenesOccDataset(args.data_root, args.version, args.split, config)
+    if not 0 <= args.index < len(dataset):
+        parser.error(f"--index must be in [0, {len(dataset)}) for split {args.split!r}")
+    path = save_png(args.out, sample_overview(dataset[args.index], config.cameras))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

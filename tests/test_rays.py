@@ -67,3 +67,15 @@ def test_demo_writes_pictures(tmp_path):
     depth = np.asarray(Image.open(tmp_path / "depth.png"))
     assert depth.shape == (36, 96, 3) and depth.std() > 10
     assert np.asarray(Image.open(tmp_path / "bev.png")).shape == (600, 600, 3)
+
+
+def test_sample_picture_of_a_synthetic_sample(synthetic_root, tmp_path):
+    out = tmp_path / "sample.png"
+    assert viz.main(["--data-root", synthetic_root, "--split", "val", "--height", "45",
+                     "--width", "80", "--out", str(out)]) == 0
+    picture = np.asarray(Image.open(out))
+    assert picture.shape == (90 + 120, 240, 3)  # 2 x 3 cameras, then two 120 px BEV panels
+    bev, lidar = picture[90:, :120], picture[90:, 120:]
+    road = viz.OCC3D_PALETTE[11]
+    assert (bev == road).all(-1).mean() > 0.05  # the road seen from above
+    assert (lidar != (bev * 0.35).astype(np.uint8)).any(-1).mean() > 0.01  # LiDAR points drawn
