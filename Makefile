@@ -28,8 +28,13 @@ test: install
 test-all: install
 	$(PY) -m pytest -q
 
+# The renderer on a procedural street, then a synthetic Occ3D-nuScenes dataset, its segments
+# (felzenszwalb: no SAM checkpoint can be downloaded here) and a picture of one sample.
 demo: install
 	$(PY) -m radocc.demo --out outputs/demo
+	$(PY) -m radocc.data.synthetic --out outputs/synthetic --overwrite
+	$(PY) -m radocc.segments --data-root outputs/synthetic --fallback felzenszwalb --overwrite
+	$(PY) -m radocc.viz --data-root outputs/synthetic --split val --out outputs/demo/synthetic_sample.png
 
 bench: install
 	$(PY) -m radocc.bench render
