@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pytest
@@ -541,118 +543,200 @@ def test_distributed_compute_sums_over_ranks(tmp_path):
 
 
 # ----------------------------------------------------------------------------- CLI
-def write_labels(path: Path, **arrays: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, **arrays)
+# The CLI runs on the session's synthetic v1.0-mini dataset (``synthetic_root`` in conftest.py:
+# one scene of mini_train and one of mini_val, 2 samples each). Predictions are written in tmp_path;
+# the dataset is only modified on a copy.
+VERSION = "v1.0-mini"
+TRUCK = 10
 
 
-@pytest.fixture
-def occ_dataset(tmp_path):
-    """data_root with two Occ3D gts in two scenes and pred_dir with a noisy prediction of each."""
-    rng = np.random.default_rng(6)
-    root, preds = tmp_path / "nuscenes", tmp_path / "preds"
-    preds.mkdir()
-    expected = OccupancyMIoU()
-    for scene, token in (("scene-0001", "a" * 32), ("scene-0002", "b" * 32)):
-        sem = rng.integers(0, 18, (200, 200, 16), dtype=np.uint8)
-        mask = rng.random((200, 200, 16)) < 0.5
-        write_labels(root / "gts" / scene / token / "labels.npz", semantics=sem,
-                     mask_lidar=mask.astype(np.uint8), mask_camera=mask.astype(np.uint8))
-        pred = np.where(rng.random(sem.shape) < 0.2, rng.integers(0, 18, sem.shape), sem)
-        np.savez(preds / f"{token}.npz", semantics=pred.astype(np.uint8))
-        expected.update(pred, sem, mask)
-    return root, preds, expected.compute()
+@pytest.fixture(scope="module")
+def split_gts(synthetic_root):
+    """{'mini_train' / 'mini_val': {sample token: (gt semantics, mask_camera)}} in scene then time
+    order, found with the devkit and the official splits (independently of radocc.evaluate_occ)."""
+    from nuscenes.nuscenes import NuScenes
+    from nuscenes.utils.splits import create_splits_scenes
+
+    nusc = NuScenes(VERSION, dataroot=synthetic_root, verbose=False)
+    splits = create_splits_scenes(verbose=False)
+    out: dict[str, dict] = {"mini_train": {}, "mini_val": {}}
+    for scene in nusc.scene:
+        (name,) = [s for s in out if scene["name"] in splits[s]]
+        token = scene["first_sample_token"]
+        while token:
+            with np.load(Path(synthetic_root) / "gts" / scene["name"] / token / "labels.npz") as z:
+                out[name][token] = (z["semantics"], z["mask_camera"].astype(bool))
+            token = nusc.get("sample", token)["next"]
+    assert [len(out["mini_train"]), len(out["mini_val"])] == [2, 2]
+    return out
 
 
-def test_find_gt_files(occ_dataset, tmp_path):
-    root, _, _ = occ_dataset
-    found = evaluate_occ.find_gt_files(root)
-    assert found == {"a" * 32: root / "gts/scene-0001" / ("a" * 32) / "labels.npz",
-                     "b" * 32: root / "gts/scene-0002" / ("b" * 32) / "labels.npz"}
-    write_labels(root / "gts/scene-0003" / ("a" * 32) / "labels.npz", semantics=np.zeros(1))
-    with pytest.raises(ValueError, match="two gt files"):
-        evaluate_occ.find_gt_files(root)
+def write_preds(pred_dir: Path, gts: dict, skip: Sequence[str] = ()) -> Path:
+    """pred_dir/<token>.npz = the gt semantics of each sample in `gts` (but those in `skip`)."""
+    pred_dir.mkdir(parents=True, exist_ok=True)
+    for token, (sem, _) in gts.items():
+        if token not in skip:
+            np.savez(pred_dir / f"{token}.npz", semantics=sem)
+    return pred_dir
 
 
-def test_cli_prints_table(occ_dataset, capsys):
-    root, preds, expected = occ_dataset
-    assert evaluate_occ.main(["--pred-dir", str(preds), "--data-root", str(root)]) == 0
-    out = capsys.readouterr().out
-    assert 0 < expected["mIoU"] < 100
-    assert f"{expected['mIoU']:.2f}" in out.splitlines()[-2]
-    for name in OCC3D_CLASSES[:17]:
-        line = next(l for l in out.splitlines() if l.startswith(name + " "))
-        assert line.split()[-1] == f"{expected['IoU'][name]:.2f}"
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    rc = evaluate_occ.main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
 
 
-def test_cli_json_end_to_end(occ_dataset):
-    root, preds, expected = occ_dataset
+def run_cli_error(capsys, preds: Path, root, *args: str) -> str:
+    rc, out, err = run_cli(capsys, "--pred-dir", preds, "--data-root", root, "--version", VERSION, *args)
+    assert rc == 1 and out == ""
+    assert err.splitlines()[-1].startswith("evaluate_occ: error: ")  # after tqdm's progress
+    return err
+
+
+def test_split_gt_files_follow_the_devkit_split(synthetic_root, split_gts):
+    root = Path(synthetic_root)
+    for split, devkit_name in (("val", "mini_val"), ("mini_val", "mini_val"), ("train", "mini_train")):
+        name, files = evaluate_occ.split_gt_files(root, VERSION, split)
+        assert name == devkit_name
+        assert list(files) == list(split_gts[devkit_name])  # the split's samples, in order
+        scene = "scene-0103" if devkit_name == "mini_val" else "scene-0061"
+        assert files == {t: root / "gts" / scene / t / "labels.npz" for t in split_gts[devkit_name]}
+        assert all(p.is_file() for p in files.values())
+    with pytest.raises(ValueError, match=r"unknown split 'nope' for v1\.0-mini"):
+        evaluate_occ.split_gt_files(root, VERSION, "nope")
+
+
+def test_cli_perfect_predictions_and_ignored_files(synthetic_root, split_gts, tmp_path, capsys):
+    preds = write_preds(tmp_path / "preds", split_gts["mini_val"])
+    for token in split_gts["mini_train"]:  # not in the val split: ignored, so never read
+        (preds / f"{token}.npz").write_bytes(b"garbage")
+    (preds / "stale.npz").write_bytes(b"garbage")
+    (preds / "notes.txt").write_text("not a prediction")
+    rc, out, err = run_cli(capsys, "--pred-dir", preds, "--data-root", synthetic_root,
+                           "--version", VERSION)  # --split defaults to val
+    assert rc == 0, err
+    lines = out.splitlines()
+    counts = sum(np.bincount(sem[mask], minlength=18) for sem, mask in split_gts["mini_val"].values())
+    assert 0 < (counts[:17] == 0).sum() < 17  # some classes absent from val: nan
+    for c, name in enumerate(OCC3D_CLASSES[:17]):
+        line = next(l for l in lines if l.startswith(name + " "))
+        assert line.split()[-1] == ("100.00" if counts[c] else "nan"), line
+    assert next(l for l in lines if l.startswith("mIoU")).split()[-1] == "100.00"
+    assert "(2 samples of split mini_val of v1.0-mini)" in lines
+    assert "3 prediction(s) not in the split were ignored" in lines
+    assert "no prediction" not in out
+
+
+def test_cli_one_class_replaced_gives_the_hand_computed_iou(synthetic_root, split_gts, tmp_path,
+                                                           capsys):
+    gts = split_gts["mini_val"]
+    first = next(iter(gts))
+    preds = write_preds(tmp_path / "preds", gts)
+    sem, mask = gts[first]
+    np.savez(preds / f"{first}.npz", semantics=np.where(sem == CAR, TRUCK, sem).astype(np.uint8))
+    # Hand count: only voxels inside the camera mask count.
+    n_car = sum(int(((s == CAR) & m).sum()) for s, m in gts.values())
+    n_truck = sum(int(((s == TRUCK) & m).sum()) for s, m in gts.values())
+    k = int(((sem == CAR) & mask).sum())  # car voxels predicted truck
+    assert 0 < k < n_car and n_truck > 0
+    present = [c for c in range(17) if any(((s == c) & m).any() for s, m in gts.values())]
+    car_iou = 100 * (n_car - k) / n_car  # TP n_car - k, gt n_car, pred n_car - k
+    truck_iou = 100 * n_truck / (n_truck + k)  # TP n_truck, gt n_truck, pred n_truck + k
+    rc, out, err = run_cli(capsys, "--pred-dir", preds, "--data-root", synthetic_root,
+                           "--version", VERSION, "--split", "mini_val", "--json")
+    assert rc == 0, err
+    result = json.loads(out)
+    assert result["IoU"]["car"] == pytest.approx(car_iou)
+    assert result["IoU"]["truck"] == pytest.approx(truck_iou)
+    assert all(result["IoU"][OCC3D_CLASSES[c]] == pytest.approx(100.0)
+               for c in present if c not in (CAR, TRUCK))
+    assert result["mIoU"] == pytest.approx((100 * (len(present) - 2) + car_iou + truck_iou)
+                                           / len(present))
+    assert result["mIoU"] < 100
+
+
+def test_cli_json_end_to_end(synthetic_root, split_gts, tmp_path):
+    preds = write_preds(tmp_path / "preds", {**split_gts["mini_val"], **split_gts["mini_train"]})
     proc = subprocess.run(
         [sys.executable, "-m", "radocc.evaluate_occ", "--pred-dir", str(preds),
-         "--data-root", str(root), "--version", "v1.0-mini", "--split", "val", "--json"],
+         "--data-root", synthetic_root, "--version", VERSION, "--split", "val", "--json"],
         cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
-    assert result["num_samples"] == 2
-    assert result["mIoU"] == pytest.approx(expected["mIoU"])
-    assert result["IoU"] == pytest.approx(expected["IoU"])
-
-
-def test_cli_json_writes_null_for_absent_classes(tmp_path, capsys):
-    root, preds = tmp_path / "root", tmp_path / "preds"
-    sem = np.full((200, 200, 16), FREE, np.uint8)
-    sem[0, 0, 0] = CAR
-    write_labels(root / "gts/scene-0001/tok/labels.npz", semantics=sem, mask_lidar=sem * 0,
-                 mask_camera=np.ones_like(sem))
-    write_labels(preds / "tok.npz", semantics=sem)
-    assert evaluate_occ.main(["--pred-dir", str(preds), "--data-root", str(root), "--json"]) == 0
-    result = json.loads(capsys.readouterr().out)
+    assert result["num_samples"] == 2 and result["num_missing"] == 0
+    assert result["num_ignored"] == 2  # the train split's predictions
+    assert (result["version"], result["split"]) == (VERSION, "mini_val")
     assert result["mIoU"] == 100.0 and result["IoU"]["car"] == 100.0
-    assert result["IoU"]["bus"] is None
+    assert result["IoU"]["bus"] is None  # absent from val's gt and prediction: nan -> null
+    assert set(result["IoU"]) == set(OCC3D_CLASSES[:17])
 
 
-def run_cli_error(preds: Path, root: Path, capsys) -> str:
-    assert evaluate_occ.main(["--pred-dir", str(preds), "--data-root", str(root)]) == 1
-    return capsys.readouterr().err
+def test_cli_train_split(synthetic_root, split_gts, tmp_path, capsys):
+    preds = write_preds(tmp_path / "preds", split_gts["mini_train"])
+    sem, _ = next(iter(split_gts["mini_val"].values()))
+    np.savez(preds / f"{next(iter(split_gts['mini_val']))}.npz", semantics=(sem + 1) % 18)
+    rc, out, err = run_cli(capsys, "--pred-dir", preds, "--data-root", synthetic_root,
+                           "--version", VERSION, "--split", "train", "--json")
+    assert rc == 0, err
+    result = json.loads(out)
+    assert (result["split"], result["num_samples"], result["num_ignored"]) == ("mini_train", 2, 1)
+    assert result["mIoU"] == 100.0  # the wrong val prediction is not scored
 
 
-def test_cli_missing_pred_dir(occ_dataset, tmp_path, capsys):
-    root, _, _ = occ_dataset
-    err = run_cli_error(tmp_path / "nope", root, capsys)
-    assert "prediction folder" in err and "nope" in err and "does not exist" in err
+def test_cli_missing_prediction_names_the_file(synthetic_root, split_gts, tmp_path, capsys):
+    tokens = list(split_gts["mini_val"])
+    preds = write_preds(tmp_path / "preds", split_gts["mini_val"], skip=[tokens[1]])
+    err = run_cli_error(capsys, preds, synthetic_root)
+    assert f"missing prediction {preds / (tokens[1] + '.npz')} for sample {tokens[1]}" in err
+    assert "1 of the 2 samples of split 'mini_val'" in err and "--allow-missing" in err
+
+    rc, out, err = run_cli(capsys, "--pred-dir", preds, "--data-root", synthetic_root,
+                           "--version", VERSION, "--allow-missing", "--json")
+    assert rc == 0, err
+    result = json.loads(out)
+    assert (result["num_samples"], result["num_missing"], result["num_ignored"]) == (1, 1, 0)
+    assert result["mIoU"] == 100.0
+    rc, out, err = run_cli(capsys, "--pred-dir", preds, "--data-root", synthetic_root,
+                           "--version", VERSION, "--allow-missing")
+    assert rc == 0, err
+    assert "(1 samples of split mini_val of v1.0-mini)" in out
+    assert "1 sample(s) of the split had no prediction and were skipped (--allow-missing)" in out
+
+    only_train = write_preds(tmp_path / "train_preds", split_gts["mini_train"])
+    err = run_cli_error(capsys, only_train, synthetic_root, "--allow-missing")
+    assert "none of the 2 samples of split 'mini_val'" in err
+    assert str(only_train / (tokens[0] + ".npz")) in err
 
 
-def test_cli_empty_pred_dir_and_missing_gts(occ_dataset, tmp_path, capsys):
-    root, preds, _ = occ_dataset
+def test_cli_missing_or_empty_pred_dir(synthetic_root, tmp_path, capsys):
+    err = run_cli_error(capsys, tmp_path / "nope", synthetic_root)
+    assert "prediction folder" in err and str(tmp_path / "nope") in err and "does not exist" in err
     (tmp_path / "empty").mkdir()
-    assert "no <sample_token>.npz predictions" in run_cli_error(tmp_path / "empty", root, capsys)
-    assert "no gts/ folder" in run_cli_error(preds, tmp_path, capsys)
+    err = run_cli_error(capsys, tmp_path / "empty", synthetic_root, "--allow-missing")
+    assert f"no <sample_token>.npz predictions in {tmp_path / 'empty'}" in err
 
 
-def test_cli_prediction_without_gt_names_the_file(occ_dataset, capsys):
-    root, preds, _ = occ_dataset
-    (preds / "c.npz").write_bytes((preds / ("a" * 32 + ".npz")).read_bytes())
-    err = run_cli_error(preds, root, capsys)
-    assert "no gt for prediction" in err and str(preds / "c.npz") in err
+def test_cli_bad_tables_version_or_split(synthetic_root, split_gts, tmp_path, capsys):
+    preds = write_preds(tmp_path / "preds", split_gts["mini_val"])
+    err = run_cli_error(capsys, preds, tmp_path)
+    assert "no nuScenes tables for version 'v1.0-mini'" in err and str(tmp_path) in err
+    err = run_cli_error(capsys, preds, synthetic_root, "--split", "nope")
+    assert "unknown split 'nope' for v1.0-mini" in err and "mini_val" in err
+    rc, _, err = run_cli(capsys, "--pred-dir", preds, "--data-root", synthetic_root)  # trainval
+    assert rc == 1 and "no nuScenes tables for version 'v1.0-trainval'" in err
 
 
-def test_cli_corrupt_npz_names_the_file(occ_dataset, capsys):
-    root, preds, _ = occ_dataset
-    bad = preds / ("a" * 32 + ".npz")
+def test_cli_corrupt_prediction_names_the_file(synthetic_root, split_gts, tmp_path, capsys):
+    preds = write_preds(tmp_path / "preds", split_gts["mini_val"])
+    bad = preds / f"{next(iter(split_gts['mini_val']))}.npz"
     bad.write_bytes(bad.read_bytes()[:1000])  # truncated
-    err = run_cli_error(preds, root, capsys)
-    assert str(bad) in err and "cannot read npz" in err
+    err = run_cli_error(capsys, preds, synthetic_root)
+    assert f"{bad}: cannot read npz" in err
     bad.write_bytes(b"not a zip at all")
-    assert str(bad) in run_cli_error(preds, root, capsys)
-
-
-def test_cli_corrupt_gt_names_the_file(occ_dataset, capsys):
-    root, preds, _ = occ_dataset
-    gt = root / "gts/scene-0002" / ("b" * 32) / "labels.npz"
-    write_labels(gt, semantics=np.zeros(OCC3D_SHAPE, np.uint8))  # no mask_camera
-    err = run_cli_error(preds, root, capsys)
-    assert str(gt) in err and "missing key(s) ['mask_camera']" in err
-
+    assert f"{bad}: cannot read npz" in run_cli_error(capsys, preds, synthetic_root)
+    np.savez(bad, labels=np.zeros(OCC3D_SHAPE, np.uint8))
+    err = run_cli_error(capsys, preds, synthetic_root)
+    assert str(bad) in err and "missing key(s) ['semantics']" in err
 
 
 @pytest.mark.parametrize("array, match", [
@@ -661,10 +745,26 @@ def test_cli_corrupt_gt_names_the_file(occ_dataset, capsys):
      r"has dtype float32, expected an integer \(uint8\) or bool array of shape \(200, 200, 16\)"),
     (np.full(OCC3D_SHAPE, 30, np.uint8), r"pred has labels in \[30, 30\]"),
 ])
-def test_cli_wrong_prediction_array_names_the_file(occ_dataset, capsys, array, match):
-    root, preds, _ = occ_dataset
-    bad = preds / ("b" * 32 + ".npz")
+def test_cli_wrong_prediction_array_names_the_file(synthetic_root, split_gts, tmp_path, capsys,
+                                                   array, match):
+    preds = write_preds(tmp_path / "preds", split_gts["mini_val"])
+    bad = preds / f"{list(split_gts['mini_val'])[1]}.npz"
     np.savez(bad, semantics=array)
-    err = run_cli_error(preds, root, capsys)
+    err = run_cli_error(capsys, preds, synthetic_root)
     assert str(bad) in err
     assert re.search(match, err), err
+
+
+def test_cli_corrupt_or_missing_gt_names_the_file(synthetic_root, split_gts, tmp_path, capsys):
+    root = tmp_path / "copy"
+    shutil.copytree(synthetic_root, root)
+    preds = write_preds(tmp_path / "preds", split_gts["mini_val"])
+    token = list(split_gts["mini_val"])[1]
+    gt = root / "gts" / "scene-0103" / token / "labels.npz"
+    sem, _ = split_gts["mini_val"][token]
+    np.savez(gt, semantics=sem, mask_lidar=np.ones_like(sem))  # no mask_camera
+    err = run_cli_error(capsys, preds, root)
+    assert f"Occ3D labels {gt} lack key(s) ['mask_camera']" in err
+    gt.unlink()
+    err = run_cli_error(capsys, preds, root)
+    assert f"Occ3D labels not found: {gt}" in err

@@ -12,7 +12,7 @@ import json
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -120,6 +120,50 @@ def _open_devkit(root: str, version: str):
                         f"({type(exc).__name__}: {exc}); expected the 13 cross-referenced tables") from exc
 
 
+class SplitSamples(NamedTuple):
+    """The key frames of a split, as found by :func:`open_split`."""
+
+    nusc: Any
+    """The opened ``nuscenes.NuScenes``."""
+    split: str
+    """The devkit split name (e.g. 'mini_val' for 'val' of v1.0-mini)."""
+    samples: list[tuple[dict, dict]]
+    """(scene record, sample record) of every key frame of the split's scenes, in scene then time order."""
+
+
+def open_split(root: str, version: str, split: str) -> SplitSamples:
+    """Open the nuScenes tables under ``root`` with the devkit and list the key frames of ``split``.
+
+    ``split`` is 'train' / 'val' (mapped to mini_train / mini_val for v1.0-mini) or a name of
+    ``nuscenes.utils.splits.create_splits_scenes()``; its scenes are the official split's scenes
+    present in the tables. Raises DataError on missing / broken tables, an unknown split, or a split
+    with no scenes in the tables.
+    """
+    nusc = _open_devkit(root, version)
+    split_name = resolve_split(version, split)
+    from nuscenes.utils.splits import create_splits_scenes
+
+    wanted = set(create_splits_scenes(verbose=False)[split_name])
+    samples = []
+    for scene in nusc.scene:
+        if scene["name"] not in wanted:
+            continue
+        token = scene["first_sample_token"]
+        while token:
+            sample = nusc.get("sample", token)
+            samples.append((scene, sample))
+            token = sample["next"]
+    if not samples:
+        raise DataError(f"split {split_name!r} has no scenes in {os.path.join(root, version)} "
+                        f"(scenes there: {sorted(s['name'] for s in nusc.scene)})")
+    return SplitSamples(nusc, split_name, samples)
+
+
+def occ_path(scene_name: str, sample_token: str) -> str:
+    """The Occ3D labels of a sample, relative to the nuScenes root: ``gts/<scene>/<token>/labels.npz``."""
+    return f"gts/{scene_name}/{sample_token}/labels.npz"
+
+
 def build_index(root: str, version: str, split: str, cameras: tuple[str, ...], lidar_sweeps: int) -> list[dict]:
     """One JSON-able record per key frame of the split's scenes, in scene then time order.
 
@@ -127,24 +171,8 @@ def build_index(root: str, version: str, split: str, cameras: tuple[str, ...], l
     intrinsics [3, 3] and cam2ego [4, 4] (camera -> the key frame LiDAR's ego frame, through the
     global frame so that camera timestamps are honoured), lidar2ego, ego2global and the sweeps.
     """
-    nusc = _open_devkit(root, version)
-    split_name = resolve_split(version, split)
-    from nuscenes.utils.splits import create_splits_scenes
-
-    wanted = set(create_splits_scenes(verbose=False)[split_name])
-    records = []
-    for scene in nusc.scene:
-        if scene["name"] not in wanted:
-            continue
-        token = scene["first_sample_token"]
-        while token:
-            sample = nusc.get("sample", token)
-            records.append(_sample_record(nusc, sample, scene, cameras, lidar_sweeps))
-            token = sample["next"]
-    if not records:
-        raise DataError(f"split {split_name!r} has no scenes in {os.path.join(root, version)} "
-                        f"(scenes there: {sorted(s['name'] for s in nusc.scene)})")
-    return records
+    nusc, _, samples = open_split(root, version, split)
+    return [_sample_record(nusc, sample, scene, cameras, lidar_sweeps) for scene, sample in samples]
 
 
 def _sample_record(nusc, sample: dict, scene: dict, cameras: tuple[str, ...], lidar_sweeps: int) -> dict:
@@ -176,7 +204,7 @@ def _sample_record(nusc, sample: dict, scene: dict, cameras: tuple[str, ...], li
     return dict(sample_token=sample["token"], scene_token=scene["token"], scene_name=scene["name"],
                 timestamp=sample["timestamp"], cameras=cams, lidar_filename=lidar_sd["filename"],
                 lidar2ego=lidar2ego.tolist(), ego2global=ego2global.tolist(), sweeps=sweeps,
-                occ_path=f"gts/{scene['name']}/{sample['token']}/labels.npz")
+                occ_path=occ_path(scene["name"], sample["token"]))
 
 
 def read_points(path: str) -> np.ndarray:
