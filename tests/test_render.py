@@ -309,3 +309,16 @@ def test_cuda_matches_cpu(step):
         results.append([t.detach().cpu() for t in (*out, d.grad, f.grad)])
     for cpu, cuda in zip(*results):
         torch.testing.assert_close(cuda, cpu, atol=1e-4, rtol=1e-4)
+
+
+def test_float32_alpha_is_accurate_from_tiny_to_large_optical_depth():
+    """alpha = 1 - exp(-sigma d) in float32 (the kernels' own expm1) against float64, relative."""
+    sigma = torch.logspace(-8, 1.5, 4000, dtype=torch.float64)
+    density = sigma.reshape(-1, 1, 1, 1)  # one 1 m voxel per batch item
+    grid = VoxelGrid(lower=(0.0, 0.0, 0.0), upper=(1.0, 1.0, 1.0))
+    origins = torch.tensor([-1.0, 0.5, 0.5]).expand(len(sigma), 1, 3)
+    directions = torch.tensor([1.0, 0.0, 0.0]).expand(len(sigma), 1, 3)
+    out = volume_render(density.float(), origins, directions, grid=grid)
+    expected = -torch.expm1(-sigma)
+    relative = (out.opacity[:, 0].double() - expected).abs() / expected
+    assert relative.max() < 1e-6
