@@ -1,5 +1,5 @@
-// Per-ray volume rendering over a voxel grid, shared by the CPU kernel (one OpenMP task per ray)
-// and the CUDA kernel (one thread per ray). Nothing in here knows about tensors or devices:
+// Per-ray volume rendering over a voxel grid, shared by the CPU kernel (threads over blocks of
+// rays) and the CUDA kernel (one thread per ray). Nothing in here knows about tensors or devices:
 // the callers pass raw pointers to contiguous memory, so the CPU tests cover the CUDA math.
 //
 // Conventions (see DESIGN.md, "The renderer contract"):
@@ -29,7 +29,8 @@ RADOCC_HD T min_(T a, T b) { return a < b ? a : b; }
 template <typename T>
 RADOCC_HD T max_(T a, T b) { return a > b ? a : b; }
 // Float and double overloads that resolve the same way in host and device code.
-// exp(x) - 1 for x <= 0 in float, accurate to a few ulp: libm's expm1f costs several times expf,
+
+// exp(x) - 1 for x <= 0 in float, to about 1e-6 relative: libm's expm1f costs several times expf
 // and the renderer calls it once per sample. Near 0 a Taylor polynomial avoids the cancellation
 // of expf(x) - 1 (its error, x^8 / 8!, is below 1e-9 there); beyond, |result| > 0.22 keeps the
 // cancellation under 3e-7 relative.
