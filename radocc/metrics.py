@@ -2,8 +2,8 @@
 
 - `OccupancyMIoU`: Occ3D's voxel mIoU (one global confusion matrix over camera-visible voxels).
 - `RayIoU`: SparseOcc's ray-based IoU: LiDAR-like rays cast through the predicted and the true
-  grids must stop at the same depth (within 1, 2, 4 m) with the same class.
-- `first_hit`: exact voxel traversal (Amanatides & Woo) of many rays at once, in torch.
+  grids must stop at the same depth (within 1, 2, 4 m) with the same class (rays walked by
+  `radocc.raycast.traverse`).
 - `depth_metrics` / `DepthMetrics`: rendered depth against LiDAR depth (AbsRel, RMSE,
   delta < 1.25^k).
 
@@ -15,9 +15,8 @@ must call it).
 from __future__ import annotations
 
 import math
-from typing import Sequence, Union
+from typing import Sequence
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -27,25 +26,17 @@ from radocc.data.occ3d import FREE as OCC3D_FREE
 from radocc.data.occ3d import GRID_LOWER as OCC3D_LOWER
 from radocc.data.occ3d import GRID_SHAPE as OCC3D_SHAPE
 from radocc.data.occ3d import GRID_UPPER as OCC3D_UPPER
-
-ArrayLike = Union[np.ndarray, torch.Tensor]
+# Input checks shared with the traversal.
+from radocc.raycast import ArrayLike, _as_tensor, _rays, _same_shape, _vector3, traverse
 
 __all__ = [
     "OCC3D_CLASSES", "OCC3D_FREE", "OCC3D_SHAPE", "OCC3D_LOWER", "OCC3D_UPPER",
-    "OccupancyMIoU", "RayIoU", "first_hit", "lidar_ray_directions", "select_lidar_origins",
+    "OccupancyMIoU", "RayIoU", "lidar_ray_directions", "select_lidar_origins",
     "depth_metrics", "DepthMetrics",
 ]
 
 
 # ----------------------------------------------------------------------------- input checks
-def _as_tensor(x: ArrayLike, name: str) -> torch.Tensor:
-    if isinstance(x, torch.Tensor):
-        return x.detach()
-    if isinstance(x, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(x))
-    raise TypeError(f"{name} must be a numpy array or a torch tensor, got {type(x).__name__}")
-
-
 def _labels(x: ArrayLike, name: str, num_classes: int) -> torch.Tensor:
     """Integer class labels in [0, num_classes), returned as int64."""
     t = _as_tensor(x, name)
@@ -76,13 +67,6 @@ def _depths(x: ArrayLike, name: str) -> torch.Tensor:
     if not t.is_floating_point():
         raise TypeError(f"{name} must be a floating-point depth array, got dtype {t.dtype}")
     return t.double().reshape(-1)
-
-
-def _same_shape(a: torch.Tensor, a_name: str, b: torch.Tensor, b_name: str) -> None:
-    if a.shape != b.shape:
-        raise ValueError(
-            f"{a_name} and {b_name} must have the same shape, got {a_name} {tuple(a.shape)} "
-            f"and {b_name} {tuple(b.shape)}")
 
 
 def _check_classes(num_classes: int, free_index: int,
@@ -187,148 +171,6 @@ class OccupancyMIoU:
         }
 
 
-# ----------------------------------------------------------------------------- ray casting
-# Metres: boundary crossings closer than this are one crossing (the ray goes through an edge).
-_TIE_EPS = 1e-9
-
-
-def _vector3(x: ArrayLike | Sequence[float], name: str, device: torch.device) -> torch.Tensor:
-    t = torch.as_tensor(x, dtype=torch.float64, device=device)
-    if t.shape != (3,):
-        raise ValueError(f"{name} must have 3 values (x, y, z), got shape {tuple(t.shape)}")
-    return t
-
-
-def _rays(x: ArrayLike, name: str, device: torch.device) -> torch.Tensor:
-    t = _as_tensor(x, name)
-    if not t.is_floating_point():
-        raise TypeError(f"{name} must be floating point, got dtype {t.dtype}")
-    if t.dim() != 2 or t.shape[1] != 3:
-        raise ValueError(f"{name} must be [R, 3], got shape {tuple(t.shape)}")
-    if not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{name} has non-finite values")
-    return t.to(device, torch.float64)
-
-
-@torch.no_grad()
-def first_hit(occupied: torch.Tensor, origins: ArrayLike, directions: ArrayLike,
-              lower: ArrayLike | Sequence[float] = OCC3D_LOWER,
-              upper: ArrayLike | Sequence[float] = OCC3D_UPPER,
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Exact first occupied voxel along each ray (Amanatides & Woo traversal, all rays at once).
-
-    Voxel [i, j, k] spans ``lower + [i, i+1] * size`` (and likewise in y, z), with
-    ``size = (upper - lower) / occupied.shape``. Rays start at their origin (inside or outside the
-    box) and visit every voxel they pass through with non-zero length; a ray through an edge or a
-    corner goes straight to the diagonal voxel.
-
-    Args:
-        occupied: [X, Y, Z] bool.
-        origins: [R, 3] metres, grid frame.
-        directions: [R, 3], non-zero; normalised here, so distances are metres.
-        lower, upper: the grid box's corners, metres (Occ3D defaults).
-
-    Returns:
-        distance: [R] float64 metres from the origin to where the ray enters the first occupied
-            voxel (0 when the origin's voxel is occupied); for rays that hit nothing, to where they
-            leave the box; inf for rays that never meet the box.
-        index: [R, 3] int64, the hit voxel; for rays that hit nothing, the last voxel they cross;
-            -1 for rays that never meet the box.
-        hit: [R] bool.
-    """
-    if not isinstance(occupied, torch.Tensor) or occupied.dtype != torch.bool:
-        got = occupied.dtype if isinstance(occupied, torch.Tensor) else type(occupied).__name__
-        raise TypeError(f"occupied must be a bool torch tensor, got {got}")
-    if occupied.dim() != 3:
-        raise ValueError(f"occupied must be [X, Y, Z], got shape {tuple(occupied.shape)}")
-    dev = occupied.device
-    o = _rays(origins, "origins", dev)
-    d = _rays(directions, "directions", dev)
-    _same_shape(o, "origins", d, "directions")
-    norm = d.norm(dim=1, keepdim=True)
-    if bool((norm == 0).any()):
-        raise ValueError("directions has zero-length rows")
-    d = d / norm
-    lo, hi = _vector3(lower, "lower", dev), _vector3(upper, "upper", dev)
-    if not bool((hi > lo).all()):
-        raise ValueError(f"upper must exceed lower on every axis, got {lo.tolist()} {hi.tolist()}")
-    n = torch.tensor(occupied.shape, device=dev)
-    size = (hi - lo) / n
-    num_rays = o.shape[0]
-
-    # Slab test: the part of the ray inside the box is [t_enter, t_exit].
-    parallel = d == 0
-    safe_d = torch.where(parallel, torch.ones_like(d), d)
-    t0, t1 = (lo - o) / safe_d, (hi - o) / safe_d
-    inside = (o >= lo) & (o <= hi)
-    inf = torch.full_like(d, math.inf)
-    t_near = torch.where(parallel, torch.where(inside, -inf, inf), torch.minimum(t0, t1))
-    t_far = torch.where(parallel, torch.where(inside, inf, -inf), torch.maximum(t0, t1))
-    t_enter = t_near.amax(1).clamp_min(0.0)
-    t_exit = t_far.amin(1)
-    enters = t_enter < t_exit
-
-    distance = torch.full((num_rays,), math.inf, dtype=torch.float64, device=dev)
-    index = torch.full((num_rays, 3), -1, dtype=torch.int64, device=dev)
-    hit = torch.zeros(num_rays, dtype=torch.bool, device=dev)
-    distance[enters] = t_exit[enters]  # overwritten below for rays that hit
-
-    # State of the rays still marching; idx is kept in float64 (small exact integers).
-    ids = enters.nonzero().squeeze(1)
-    o_a, d_a = o[ids], d[ids]
-    step = torch.sign(d_a)
-    t_cur = t_enter[ids]
-    # A ray starting on a voxel boundary towards -axis crosses it in the first pass below.
-    idx = torch.floor((o_a + d_a * t_cur[:, None] - lo) / size)
-    idx = torch.minimum(torch.maximum(idx, torch.zeros_like(size)), (n - 1).double())
-    # The next boundary along each axis is at t = offset + idx * slope: recomputed from the index
-    # at every step, so no error accumulates; inf along axes the ray is parallel to.
-    moving = step != 0
-    d_safe = torch.where(moving, d_a, torch.ones_like(d_a))
-    slope = torch.where(moving, size / d_safe, torch.zeros_like(d_a))
-    offset = torch.where(moving, (lo + (step > 0) * size - o_a) / d_safe,
-                         torch.full_like(d_a, math.inf))
-    aux = torch.stack([step, slope, offset], dim=1)  # [A, 3, 3], compacted as one tensor
-    occ_flat = occupied.reshape(-1)
-    _, ny, nz = occupied.shape
-    strides = torch.tensor([ny * nz, nz, 1], device=dev, dtype=torch.float64)
-    n_f = n.double()
-
-    hit_ids, hit_t, hit_idx, exit_ids, exit_idx = [], [], [], [], []
-    max_passes, passes = int(n.sum()) + 2, 0  # every pass but the first crosses a boundary
-    while ids.numel() > 0:
-        passes += 1
-        if passes > max_passes:
-            raise RuntimeError("first_hit: traversal did not finish (this is a bug)")
-        step, slope, offset = aux.unbind(1)
-        t_next = offset + idx * slope
-        if passes > 1:
-            t_cur = t_next.amin(1)
-        # Cross every boundary the ray sits on at t_cur (several at an edge or a corner).
-        move = step * (t_next <= t_cur[:, None] + _TIE_EPS)
-        idx = idx + move
-        left = ((idx < 0) | (idx >= n_f)).any(1)
-        lin = (idx * strides).sum(1).long().clamp_(0, occ_flat.numel() - 1)
-        now = occ_flat[lin] & ~left
-        done = left | now
-        if bool(done.any()):
-            exit_ids.append(ids[left])
-            exit_idx.append((idx - move)[left])  # the last voxel inside; distance is t_exit
-            hit_ids.append(ids[now])
-            hit_t.append(t_cur[now])
-            hit_idx.append(idx[now])
-            go = ~done
-            ids, idx, t_cur, aux = ids[go], idx[go], t_cur[go], aux[go]
-
-    if exit_ids:
-        index[torch.cat(exit_ids)] = torch.cat(exit_idx).long()
-        h = torch.cat(hit_ids)
-        distance[h] = torch.cat(hit_t)
-        index[h] = torch.cat(hit_idx).long()
-        hit[h] = True
-    return distance, index, hit
-
-
 # ----------------------------------------------------------------------------- RayIoU
 def lidar_ray_directions() -> torch.Tensor:
     """SparseOcc's RayIoU ray set: [P * 360, 3] float64 unit vectors (pitch-major).
@@ -381,9 +223,9 @@ class RayIoU:
 
     For each sample, rays from up to 8 LiDAR origins (`select_lidar_origins`) along
     `lidar_ray_directions` are cast through the binarised gt and predicted grids (occupied =
-    label != free) with `first_hit`; a ray's label is its hit voxel's class (free when it leaves
-    the grid). Rays whose gt label is free are dropped. Per class c: gt_cnt, pred_cnt = rays
-    labelled c, TP@t = rays labelled c in both with |d_pred - d_gt| < t;
+    label != free) with `radocc.raycast.traverse`; a ray's label is its hit voxel's class (free
+    when it leaves the grid). Rays whose gt label is free are dropped. Per class c: gt_cnt,
+    pred_cnt = rays labelled c, TP@t = rays labelled c in both with |d_pred - d_gt| < t;
     IoU_c@t = TP / (gt_cnt + pred_cnt - TP). No camera mask.
 
     Args:
@@ -423,8 +265,8 @@ class RayIoU:
 
     def _cast(self, labels: torch.Tensor, origins: torch.Tensor,
               directions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        dist_, idx, hit = first_hit(labels != self.free_index, origins, directions,
-                                    self.lower, self.upper)
+        dist_, idx, hit, _ = traverse(labels != self.free_index, origins, directions,
+                                      self.lower, self.upper)
         idx = idx.clamp_min(0)
         label = labels[idx[:, 0], idx[:, 1], idx[:, 2]]
         return dist_, torch.where(hit, label, torch.full_like(label, self.free_index))

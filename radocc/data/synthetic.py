@@ -36,10 +36,10 @@ from radocc.data import occ3d
 from radocc.data.geometry import make_transform, matrix_to_quaternion, yaw_quaternion
 from radocc.data.map_expansion import MapWriter
 from radocc.data.nuscenes_tables import TableWriter, TokenMaker
-from radocc.data.raycast import cast_rays
 from radocc.data.rig import (CAMERA_NAMES, CAMERAS, LIDAR, LIDAR_NAME, NATIVE_IMAGE_SIZE, camera_matrices,
                              lidar_beam_directions)
 from radocc.data.world import FineGrid, World, boxes_at, build_world, downsample_labels, rasterise
+from radocc.raycast import traverse
 
 LOCATIONS: tuple[str, ...] = ("boston-seaport", "singapore-onenorth", "singapore-queenstown",
                               "singapore-hollandvillage")
@@ -172,15 +172,18 @@ def visibility_masks(semantics: np.ndarray, cam2ego: np.ndarray, lidar_origin: n
     """
     from radocc.rays import camera_rays
 
-    occupied = semantics != occ3d.FREE
+    occupied = torch.from_numpy(semantics != occ3d.FREE)
     k, _ = camera_matrices()
     origins, dirs = camera_rays(torch.from_numpy(k).float()[None], torch.from_numpy(cam2ego).float()[None],
                                 image_size=(NATIVE_IMAGE_SIZE[1], NATIVE_IMAGE_SIZE[0]), stride=mask_stride)
-    mask_camera, _ = cast_rays(occupied, origins[0].numpy(), dirs[0].numpy(), occ3d.GRID_LOWER, occ3d.GRID_UPPER)
-    offsets = lidar_points - lidar_origin
-    mask_lidar, _ = cast_rays(np.zeros_like(occupied), np.broadcast_to(lidar_origin, offsets.shape), offsets,
-                              occ3d.GRID_LOWER, occ3d.GRID_UPPER, max_distance=np.linalg.norm(offsets, axis=1))
-    return mask_camera, mask_lidar
+    mask_camera = traverse(occupied, origins[0], dirs[0], occ3d.GRID_LOWER, occ3d.GRID_UPPER,
+                           return_visible=True).visible
+    # An empty grid: a LiDAR ray's path ends at its return, whatever the labels hold on the way.
+    offsets = torch.from_numpy(lidar_points - lidar_origin).double()
+    mask_lidar = traverse(torch.zeros_like(occupied), torch.from_numpy(lidar_origin).expand_as(offsets), offsets,
+                          occ3d.GRID_LOWER, occ3d.GRID_UPPER, max_distance=offsets.norm(dim=1),
+                          return_visible=True).visible
+    return mask_camera.numpy(), mask_lidar.numpy()
 
 
 def _points_in_box(points: np.ndarray, centre: np.ndarray, size: tuple[float, float, float], yaw: float) -> int:
