@@ -10,6 +10,6 @@ def synthetic_root(tmp_path_factory) -> str:
     from radocc.data.synthetic import SyntheticConfig, generate
 
     root = tmp_path_factory.mktemp("synthetic")
-    generate(str(root), SyntheticConfig(scenes=2, samples_per_scene=2, seed=7, image_size=(160, 90),
+    generate(str(root), SyntheticConfig(scenes=2, samples_per_scene=2, seed=7, image_size=(90, 160),
                                         lidar_azimuths=720), verbose=False)
     return str(root)

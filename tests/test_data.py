@@ -385,7 +385,7 @@ def _tree(root: str) -> list[str]:
 def test_generation_is_deterministic_for_a_seed(tmp_path):
     from radocc.data.synthetic import main
 
-    args = ["--scenes", "1", "--samples-per-scene", "1", "--image-size", "64", "36",
+    args = ["--scenes", "1", "--samples-per-scene", "1", "--image-size", "36", "64",
             "--lidar-azimuths", "360", "--quiet"]
     roots = [str(tmp_path / name) for name in ("a", "b", "c")]
     assert main(["--out", roots[0], "--seed", "3"] + args) == 0

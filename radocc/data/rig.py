@@ -18,8 +18,8 @@ CAMERA_NAMES: tuple[str, ...] = (
 """The six nuScenes cameras, in the order the loader returns them."""
 
 LIDAR_NAME = "LIDAR_TOP"
-NATIVE_IMAGE_SIZE: tuple[int, int] = (1600, 900)
-"""(width, height) of nuScenes camera images in pixels."""
+NATIVE_IMAGE_SIZE: tuple[int, int] = (900, 1600)
+"""(H, W) of nuScenes camera images in pixels."""
 
 
 @dataclass(frozen=True)
@@ -33,12 +33,12 @@ class SensorCalibration:
     principal_point: tuple[float, float] = (0.0, 0.0)
 
     def intrinsics(self, image_size: tuple[int, int] = NATIVE_IMAGE_SIZE) -> np.ndarray:
-        """Pinhole matrix [3, 3] for an image of ``image_size`` = (width, height) pixels.
+        """Pinhole matrix [3, 3] for an image of ``image_size`` = (H, W) pixels.
 
         Scaled from 1600x900 with pixel centres at integer coordinates: c' = (c + 0.5) * s - 0.5.
         """
-        sx = image_size[0] / NATIVE_IMAGE_SIZE[0]
-        sy = image_size[1] / NATIVE_IMAGE_SIZE[1]
+        sy = image_size[0] / NATIVE_IMAGE_SIZE[0]
+        sx = image_size[1] / NATIVE_IMAGE_SIZE[1]
         return np.array([
             [self.focal * sx, 0.0, (self.principal_point[0] + 0.5) * sx - 0.5],
             [0.0, self.focal * sy, (self.principal_point[1] + 0.5) * sy - 0.5],
@@ -61,12 +61,10 @@ CAMERAS: dict[str, SensorCalibration] = {c.channel: c for c in (
                       (0.1228098, -0.1324008, -0.7004306, 0.6904960), 1259.51, (807.25, 501.20)),
 )}
 
-def camera_matrices(image_size: tuple[int, int] = (NATIVE_IMAGE_SIZE[1], NATIVE_IMAGE_SIZE[0]),
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def camera_matrices(image_size: tuple[int, int] = NATIVE_IMAGE_SIZE) -> tuple[np.ndarray, np.ndarray]:
     """Intrinsics [6, 3, 3] (pixels, for images of ``image_size`` = (H, W)) and cam2ego
     [6, 4, 4] (metres) of the six cameras in :data:`CAMERA_NAMES` order, float64."""
-    height, width = image_size
-    intrinsics = np.stack([CAMERAS[c].intrinsics((width, height)) for c in CAMERA_NAMES])
+    intrinsics = np.stack([CAMERAS[c].intrinsics(image_size) for c in CAMERA_NAMES])
     cam2ego = np.stack([make_transform(CAMERAS[c].rotation, CAMERAS[c].translation)
                         for c in CAMERA_NAMES])
     return intrinsics, cam2ego

@@ -1,7 +1,7 @@
 """Synthetic Occ3D-nuScenes: procedural street scenes written in the real on-disk layout.
 
 ``python -m radocc.data.synthetic --out DIR [--scenes N] [--samples-per-scene M] [--seed S]
-[--image-size W H]`` writes a dataset that ``nuscenes.NuScenes('v1.0-mini', dataroot=DIR)`` and
+[--image-size H W]`` writes a dataset that ``nuscenes.NuScenes('v1.0-mini', dataroot=DIR)`` and
 ``NuScenesMap(dataroot=DIR, map_name=location)`` open unmodified:
 
     DIR/v1.0-mini/<13 tables>.json
@@ -52,12 +52,12 @@ ANNOTATION_RANGE_M = 50.0
 
 @dataclass(frozen=True)
 class SyntheticConfig:
-    """What to generate. image_size is (width, height) pixels; render_voxel (m) must divide 0.4."""
+    """What to generate. image_size is (H, W) pixels; render_voxel (m) must divide 0.4."""
 
     scenes: int = 4
     samples_per_scene: int = 8
     seed: int = 0
-    image_size: tuple[int, int] = (400, 225)
+    image_size: tuple[int, int] = (225, 400)
     version: str = "v1.0-mini"
     render_voxel: float = 0.2
     lidar_azimuths: int = 1080
@@ -101,7 +101,7 @@ def render_sensors(grid: FineGrid, intrinsics: np.ndarray, cam2ego: np.ndarray, 
     Args:
         grid: the world in the ego frame (FineGrid).
         intrinsics: [N, 3, 3] pixels, for ``image_size``; cam2ego: [N, 4, 4].
-        image_size: (width, height) pixels.
+        image_size: (H, W) pixels.
         lidar2ego: [4, 4]; beam_dirs: [R, 3] unit vectors in the LiDAR frame; beam_rings: [R] int.
     Returns:
         images: [N, H, W, 3] uint8 RGB.
@@ -110,7 +110,7 @@ def render_sensors(grid: FineGrid, intrinsics: np.ndarray, cam2ego: np.ndarray, 
     from radocc.rays import camera_rays
     from radocc.render import VoxelGrid, volume_render
 
-    width, height = image_size
+    height, width = image_size
     lower = torch.tensor(grid.lower, dtype=torch.float32)
     voxel = (torch.tensor(grid.upper, dtype=torch.float32) - lower) / torch.tensor(grid.labels.shape)
     density = torch.from_numpy((grid.labels != occ3d.FREE).astype(np.float32) * SURFACE_DENSITY)[None]
@@ -175,7 +175,7 @@ def visibility_masks(semantics: np.ndarray, cam2ego: np.ndarray, lidar_origin: n
     occupied = torch.from_numpy(semantics != occ3d.FREE)
     k, _ = camera_matrices()
     origins, dirs = camera_rays(torch.from_numpy(k).float()[None], torch.from_numpy(cam2ego).float()[None],
-                                image_size=(NATIVE_IMAGE_SIZE[1], NATIVE_IMAGE_SIZE[0]), stride=mask_stride)
+                                image_size=NATIVE_IMAGE_SIZE, stride=mask_stride)
     mask_camera = traverse(occupied, origins[0], dirs[0], occ3d.GRID_LOWER, occ3d.GRID_UPPER,
                            return_visible=True).visible
     # An empty grid: a LiDAR ray's path ends at its return, whatever the labels hold on the way.
@@ -255,8 +255,8 @@ def generate(out: str, config: SyntheticConfig = SyntheticConfig(), verbose: boo
               for i in range(config.scenes)]
     worlds = _place_worlds(worlds, locations, np.random.default_rng([config.seed, 0, 2]))
     beam_dirs, beam_rings = lidar_beam_directions(config.lidar_azimuths)
-    width, height = config.image_size
-    intrinsics, cam2ego = camera_matrices((height, width))
+    height, width = config.image_size
+    intrinsics, cam2ego = camera_matrices(config.image_size)
     lidar2ego = make_transform(LIDAR.rotation, LIDAR.translation)
     maps = {loc: MapWriter(loc, token) for loc in dict.fromkeys(locations)}
     logs_at: dict[str, list[str]] = {loc: [] for loc in maps}
@@ -290,7 +290,7 @@ def generate(out: str, config: SyntheticConfig = SyntheticConfig(), verbose: boo
             ego2global = world.ego2global(t)
             fine = rasterise(world, t, voxel_size=config.render_voxel)
             semantics = downsample_labels(fine.labels, factor)
-            images, points = render_sensors(fine, intrinsics, cam2ego, (width, height), lidar2ego, beam_dirs,
+            images, points = render_sensors(fine, intrinsics, cam2ego, (height, width), lidar2ego, beam_dirs,
                                             beam_rings, rng, config.lidar_range, config.lidar_dropout)
             points_ego = points[:, :3] @ lidar2ego[:3, :3].T + lidar2ego[:3, 3]
             mask_camera, mask_lidar = visibility_masks(semantics, cam2ego, lidar2ego[:3, 3], points_ego,
@@ -374,8 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samples-per-scene", type=int, default=defaults.samples_per_scene,
                    help="key frames per scene (2 Hz)")
     p.add_argument("--seed", type=int, default=defaults.seed, help="the same seed writes the same bytes")
-    p.add_argument("--image-size", type=int, nargs=2, metavar=("W", "H"), default=defaults.image_size,
-                   help="camera image width and height in pixels (intrinsics scaled from 1600x900)")
+    p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), default=defaults.image_size,
+                   help="camera image height and width in pixels (intrinsics scaled from 900x1600)")
     p.add_argument("--version", default=defaults.version, choices=["v1.0-mini", "v1.0-trainval"],
                    help="table folder and the splits the scene names come from")
     p.add_argument("--render-voxel", type=float, default=defaults.render_voxel,
