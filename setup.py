@@ -9,7 +9,9 @@ Environment:
 
 import json
 import os
+import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -70,6 +72,15 @@ if tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) < MIN_T
 if WITH_CUDA and torch.version.cuda is None:
     print("radocc: torch is a CPU-only build; building the CPU kernels only.", file=sys.stderr)
     WITH_CUDA = False
+if WITH_CUDA:
+    _nvcc = subprocess.run([os.path.join(os.environ["CUDA_HOME"], "bin", "nvcc"), "--version"],
+                           capture_output=True, text=True).stdout
+    _found = re.search(r"release (\d+)\.(\d+)", _nvcc)
+    if _found and _found.group(1) != torch.version.cuda.split(".")[0]:
+        _fail(f"the CUDA toolkit at {os.environ['CUDA_HOME']} is CUDA {_found.group(1)}."
+              f"{_found.group(2)} but torch {torch.__version__} was built with CUDA "
+              f"{torch.version.cuda}; their major versions must match. Point CUDA_HOME at a "
+              "matching toolkit, or set RADOCC_NO_CUDA=1 to build the CPU kernels only.")
 
 
 def extension_kwargs(with_cuda: bool) -> dict:
