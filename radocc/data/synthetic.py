@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from tqdm import tqdm
 from PIL import Image
 
 from radocc.data import occ3d
@@ -262,6 +263,8 @@ def generate(out: str, config: SyntheticConfig = SyntheticConfig(), verbose: boo
     logs_at: dict[str, list[str]] = {loc: [] for loc in maps}
     channels = list(CAMERA_NAMES) + [LIDAR_NAME]
     num_samples = 0
+    progress = tqdm(total=config.scenes * config.samples_per_scene, desc="synthetic",
+                    unit="sample", disable=not verbose)
 
     for si, (name, loc, world) in enumerate(zip(names, locations, worlds)):
         rng = np.random.default_rng([config.seed, si, 3])
@@ -330,9 +333,8 @@ def generate(out: str, config: SyntheticConfig = SyntheticConfig(), verbose: boo
                     size=[float(v) for v in box["size"]], rotation=yaw_quaternion(box["yaw"]),
                     num_lidar_pts=n_pts, num_radar_pts=0))
             num_samples += 1
-            if verbose:
-                print(f"[synthetic] {name} sample {k + 1}/{config.samples_per_scene} "
-                      f"({len(points)} points, {time.time() - start:.1f} s)", file=sys.stderr)
+            progress.set_postfix(scene=name, points=len(points))
+            progress.update()
         TableWriter.link_chain(samples)
         for rec in samples:
             tables.add("sample", rec)
@@ -359,6 +361,7 @@ def generate(out: str, config: SyntheticConfig = SyntheticConfig(), verbose: boo
         tables.add("map", dict(token=map_tok, log_tokens=logs_at[loc], category="semantic_prior", filename=filename))
     tables.write(os.path.join(out, config.version))
     seconds = time.time() - start
+    progress.close()
     if verbose:
         print(f"[synthetic] wrote {num_samples} samples in {config.scenes} scenes to {out} in {seconds:.1f} s",
               file=sys.stderr)
