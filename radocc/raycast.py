@@ -72,6 +72,29 @@ def _max_distance(x: float | Sequence[float] | ArrayLike, num_rays: int,
 
 
 # ----------------------------------------------------------------------------- traversal
+def clip_to_box(origins: torch.Tensor, directions: torch.Tensor, lower: torch.Tensor,
+                upper: torch.Tensor, near: float = 0.0, far: float = math.inf,
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where unit rays enter and leave an axis-aligned box, clipped to [near, far] (slab test).
+
+    Args:
+        origins, directions: [..., 3], metres; directions of unit length.
+        lower, upper: [3] box corners, metres.
+    Returns:
+        t0, t1: [...] metres along the rays; hit: [...] bool, t1 > t0 (the ray crosses the box).
+    """
+    parallel = directions == 0
+    safe = torch.where(parallel, torch.ones_like(directions), directions)
+    ta, tb = (lower - origins) / safe, (upper - origins) / safe
+    # An axis-parallel ray is unconstrained by that axis between its planes, else misses the box.
+    inside = (origins >= lower) & (origins <= upper)
+    t_in = torch.where(parallel, torch.where(inside, -math.inf, math.inf), torch.minimum(ta, tb))
+    t_out = torch.where(parallel, torch.where(inside, math.inf, -math.inf), torch.maximum(ta, tb))
+    t0 = t_in.amax(dim=-1).clamp(min=near)
+    t1 = t_out.amin(dim=-1).clamp(max=far)
+    return t0, t1, t1 > t0
+
+
 class Traversal(NamedTuple):
     """What `traverse` found, per ray (R rays) and, with ``return_visible``, per voxel."""
 
@@ -137,17 +160,9 @@ def traverse(occupied: torch.Tensor, origins: ArrayLike, directions: ArrayLike,
     num_rays = o.shape[0]
     limit = _max_distance(max_distance, num_rays, dev)
 
-    # Slab test: the part of the ray inside the box is [t_enter, t_exit].
-    parallel = d == 0
-    safe_d = torch.where(parallel, torch.ones_like(d), d)
-    t0, t1 = (lo - o) / safe_d, (hi - o) / safe_d
-    inside = (o >= lo) & (o <= hi)
-    inf = torch.full_like(d, math.inf)
-    t_near = torch.where(parallel, torch.where(inside, -inf, inf), torch.minimum(t0, t1))
-    t_far = torch.where(parallel, torch.where(inside, inf, -inf), torch.maximum(t0, t1))
-    t_enter = t_near.amax(1).clamp_min(0.0)
-    t_exit = t_far.amin(1)
-    enters = (t_enter < t_exit) & (t_enter < limit)
+    # The part of the ray inside the box is [t_enter, t_exit].
+    t_enter, t_exit, crosses = clip_to_box(o, d, lo, hi)
+    enters = crosses & (t_enter < limit)
 
     distance = torch.full((num_rays,), math.inf, dtype=torch.float64, device=dev)
     index = torch.full((num_rays, 3), -1, dtype=torch.int64, device=dev)

@@ -10,6 +10,7 @@ import math
 import torch
 from torch import Tensor
 
+from radocc.raycast import clip_to_box
 from radocc.render_inputs import RenderOutput, VoxelGrid, prepare_render_inputs
 
 
@@ -22,19 +23,8 @@ def clip_rays(origins: Tensor, directions: Tensor, grid: VoxelGrid, near: float,
     Returns:
         t0, t1: [B, R] metres; t0 == t1 == 0 for rays that miss.
     """
-    lower = origins.new_tensor(grid.lower)
-    upper = origins.new_tensor(grid.upper)
-    parallel = directions == 0
-    safe = torch.where(parallel, torch.ones_like(directions), directions)
-    ta, tb = (lower - origins) / safe, (upper - origins) / safe
-    t_in, t_out = torch.minimum(ta, tb), torch.maximum(ta, tb)
-    # An axis-parallel ray is unconstrained by that axis if it lies between its planes, else missed.
-    inside = (origins >= lower) & (origins <= upper)
-    t_in = torch.where(parallel, torch.where(inside, -math.inf, math.inf), t_in)
-    t_out = torch.where(parallel, torch.where(inside, math.inf, -math.inf), t_out)
-    t0 = t_in.amax(dim=-1).clamp(min=near)
-    t1 = t_out.amin(dim=-1).clamp(max=far)
-    hit = t1 > t0
+    t0, t1, hit = clip_to_box(origins, directions, origins.new_tensor(grid.lower),
+                              origins.new_tensor(grid.upper), near, far)
     return torch.where(hit, t0, 0.0), torch.where(hit, t1, 0.0)
 
 
