@@ -172,3 +172,13 @@ def test_huge_finite_values_are_not_mistaken_for_inf():
     density = torch.full((2, 4, 4, 2), 3e38)
     out = render(density=density)
     assert torch.isfinite(out.depth).all()
+
+
+def test_zero_rays_render_and_backpropagate():
+    a = good()
+    density = a["density"].requires_grad_()
+    out = volume_render(density, torch.zeros(2, 0, 3), torch.ones(2, 0, 3), a["features"],
+                        grid=GRID, depth_bins=[0.0, 1.0])
+    assert out.depth.shape == (2, 0) and out.termination.shape == (2, 0, 2)
+    (out.depth.sum() + out.features.sum()).backward()
+    assert density.grad.shape == density.shape and density.grad.abs().sum() == 0
