@@ -6,6 +6,7 @@ import torch
 from PIL import Image
 
 from radocc import demo, viz
+from radocc.data import occ3d
 from radocc.rays import camera_rays, pixel_grid
 from radocc.data.rig import CAMERA_NAMES, camera_matrices
 
@@ -62,7 +63,7 @@ def test_demo_writes_pictures(tmp_path):
     semantics = np.asarray(Image.open(tmp_path / "semantics.png"))
     assert semantics.shape == (36, 96, 3)
     colours = {tuple(c) for c in semantics.reshape(-1, 3)}
-    road = tuple(viz.OCC3D_PALETTE[demo.ROAD])
+    road = tuple(viz.OCC3D_PALETTE[occ3d.DRIVEABLE_SURFACE])
     assert road in colours and len(colours) >= 4  # the road and more classes are seen
     depth = np.asarray(Image.open(tmp_path / "depth.png"))
     assert depth.shape == (36, 96, 3) and depth.std() > 10
