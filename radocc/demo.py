@@ -15,11 +15,12 @@ import numpy as np
 import torch
 
 from radocc import viz
-from radocc.rays import camera_rays
-from radocc.render import volume_render
 from radocc.data import occ3d
 from radocc.data.rig import CAMERA_NAMES, camera_matrices
 from radocc.data.world import build_world, downsample_labels, rasterise
+from radocc.rays import camera_rays
+from radocc.render import volume_render
+
 
 def street_scene(seed: int = 0) -> np.ndarray:
     """Semantics [200, 200, 16] (uint8, 17 = free) of a procedural street (the synthetic dataset's
