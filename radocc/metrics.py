@@ -2,8 +2,8 @@
 
 - `OccupancyMIoU`: Occ3D's voxel mIoU (one global confusion matrix over camera-visible voxels).
 - `RayIoU`: SparseOcc's ray-based IoU: LiDAR-like rays cast through the predicted and the true
-  grids must stop at the same depth (within 1, 2, 4 m) with the same class (rays walked by
-  `radocc.raycast.traverse`).
+  grids must stop at the same depth (within 1, 2, 4 m) with the same class; a ray's depth is where
+  it leaves its first occupied voxel, as in SparseOcc (rays walked by `radocc.raycast.traverse`).
 - `depth_metrics` / `DepthMetrics`: rendered depth against LiDAR depth (AbsRel, RMSE,
   delta < 1.25^k).
 
@@ -224,7 +224,10 @@ class RayIoU:
     For each sample, rays from up to 8 LiDAR origins (`select_lidar_origins`) along
     `lidar_ray_directions` are cast through the binarised gt and predicted grids (occupied =
     label != free) with `radocc.raycast.traverse`; a ray's label is its hit voxel's class (free
-    when it leaves the grid). Rays whose gt label is free are dropped. Per class c: gt_cnt,
+    when it leaves the grid) and its depth, in metres, is where it LEAVES the hit voxel
+    (``Traversal.exit_distance``, as SparseOcc's dvr walk measures it: an origin inside an
+    occupied voxel gets that voxel's exit distance, not 0), or where it leaves the grid when it
+    hits nothing. Rays whose gt label is free are dropped. Per class c: gt_cnt,
     pred_cnt = rays labelled c, TP@t = rays labelled c in both with |d_pred - d_gt| < t;
     IoU_c@t = TP / (gt_cnt + pred_cnt - TP). No camera mask.
 
@@ -265,11 +268,12 @@ class RayIoU:
 
     def _cast(self, labels: torch.Tensor, origins: torch.Tensor,
               directions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        dist_, idx, hit, _ = traverse(labels != self.free_index, origins, directions,
-                                      self.lower, self.upper)
-        idx = idx.clamp_min(0)
+        """(depth [R] metres, where each ray leaves its hit voxel or the grid; label [R])."""
+        walk = traverse(labels != self.free_index, origins, directions, self.lower, self.upper)
+        idx = walk.index.clamp_min(0)
         label = labels[idx[:, 0], idx[:, 1], idx[:, 2]]
-        return dist_, torch.where(hit, label, torch.full_like(label, self.free_index))
+        label = torch.where(walk.hit, label, torch.full_like(label, self.free_index))
+        return walk.exit_distance, label
 
     def update(self, pred: ArrayLike, gt: ArrayLike, lidar_origins: ArrayLike) -> None:
         """Add one sample.

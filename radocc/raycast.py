@@ -1,9 +1,9 @@
 """Exact voxel traversal of many rays through an occupancy grid, in torch.
 
 `traverse` walks every ray voxel by voxel (Amanatides & Woo), all rays at once, until it meets an
-occupied voxel, leaves the grid or reaches its ``max_distance``. It serves both `RayIoU` (where does
-each ray stop, on which voxel) and the synthetic dataset's Occ3D visibility masks (which voxels
-did the rays pass through).
+occupied voxel, leaves the grid or reaches its ``max_distance``. It serves both `RayIoU` (on which
+voxel does each ray stop, and where does it leave that voxel: SparseOcc's ray depth) and the
+synthetic dataset's Occ3D visibility masks (which voxels did the rays pass through).
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ class Traversal(NamedTuple):
     """What `traverse` found, per ray (R rays) and, with ``return_visible``, per voxel."""
 
     distance: torch.Tensor
-    """[R] float64 metres from the origin to where the ray enters its first occupied voxel (0 when
+    """[R] float64 metres from the origin to where the ray ENTERS its first occupied voxel (0 when
     the origin's voxel is occupied); for rays that hit nothing, to where they stop: where they leave
     the box, or ``max_distance`` if that comes first; inf for rays that never enter the box (before
     ``max_distance``)."""
@@ -111,6 +111,11 @@ class Traversal(NamedTuple):
     visible: torch.Tensor | None
     """[X, Y, Z] bool, every voxel some ray visited (the hit voxels included); None unless
     ``return_visible``."""
+    exit_distance: torch.Tensor
+    """[R] float64 metres from the origin to where the ray LEAVES its first occupied voxel (the
+    depth SparseOcc's RayIoU uses; > 0 also when the origin's voxel is occupied; not limited by
+    ``max_distance``, which only decides whether the voxel is reached); for rays that hit nothing,
+    the same as ``distance``."""
 
 
 @torch.no_grad()
@@ -126,7 +131,8 @@ def traverse(occupied: torch.Tensor, origins: ArrayLike, directions: ArrayLike,
     box) and visit every voxel they pass through with non-zero length, in order; a ray through an
     edge or a corner goes straight to the diagonal voxel. A voxel is visited when the ray enters it
     at a distance < ``max_distance``. A ray stops at its first occupied voxel (visited), when it
-    leaves the box, or at ``max_distance``.
+    leaves the box, or at ``max_distance``. Both where it enters that voxel (``distance``) and where
+    it would leave it (``exit_distance``, SparseOcc's RayIoU depth) are returned.
 
     Args:
         occupied: [X, Y, Z] bool; the device the work is done on.
@@ -137,7 +143,7 @@ def traverse(occupied: torch.Tensor, origins: ArrayLike, directions: ArrayLike,
         return_visible: also return the mask of visited voxels (else ``visible`` is None).
 
     Returns:
-        A `Traversal` (distance, index, hit, visible).
+        A `Traversal` (distance, index, hit, visible, exit_distance).
     """
     if not isinstance(occupied, torch.Tensor) or occupied.dtype != torch.bool:
         got = occupied.dtype if isinstance(occupied, torch.Tensor) else type(occupied).__name__
@@ -197,7 +203,7 @@ def traverse(occupied: torch.Tensor, origins: ArrayLike, directions: ArrayLike,
     # Per-ray constants compacted as one tensor [A, 4, 3]: step, slope, offset, limit (broadcast).
     aux = torch.stack([step, slope, offset, limit[ids, None].expand(-1, 3)], dim=1)
 
-    hit_ids, hit_t, hit_idx, stop_ids, stop_idx = [], [], [], [], []
+    hit_ids, hit_t, hit_exit, hit_idx, stop_ids, stop_idx = [], [], [], [], [], []
     max_passes, passes = int(n.sum()) + 2, 0  # every pass but the first crosses a boundary
     while ids.numel() > 0:
         passes += 1
@@ -226,16 +232,22 @@ def traverse(occupied: torch.Tensor, origins: ArrayLike, directions: ArrayLike,
             h = now.nonzero().squeeze(1)
             hit_ids.append(ids[h])
             hit_t.append(t_cur[h])
+            # The hit voxel is left at its next boundary crossing (the box's exit bounds it; it
+            # only guards against rounding).
+            leave = torch.addcmul(offset[h], idx[h], slope[h]).amin(1)
+            hit_exit.append(torch.minimum(leave, t_exit[ids[h]]))
             hit_idx.append(idx[h])
             go = (~done).nonzero().squeeze(1)
             ids, idx, aux = ids[go], idx[go], aux[go]
 
+    exit_distance = distance.clone()
     if stop_ids:
         index[torch.cat(stop_ids)] = torch.cat(stop_idx).long()
         h = torch.cat(hit_ids)
         distance[h] = torch.cat(hit_t)
+        exit_distance[h] = torch.cat(hit_exit)
         index[h] = torch.cat(hit_idx).long()
         hit[h] = True
     if visible is not None:
         visible = visible.reshape(code.shape)[1:-1, 1:-1, 1:-1].contiguous()
-    return Traversal(distance, index, hit, visible)
+    return Traversal(distance, index, hit, visible, exit_distance)

@@ -240,7 +240,7 @@ def test_rayiou_perfect_prediction():
 
 def test_rayiou_shifted_wall_counts_only_at_larger_thresholds():
     m = RayIoU(**SMALL)
-    m.update(wall_scene(23), wall_scene(20), ORIGIN)  # the wall 1.5 m too far: 9.4 m vs 7.9 m
+    m.update(wall_scene(23), wall_scene(20), ORIGIN)  # the wall 1.5 m too far: 9.9 m vs 8.4 m
     r = m.compute()
     assert r["RayIoU@1"] == 0.0
     assert r["RayIoU@2"] == 100.0 and r["RayIoU@4"] == 100.0
@@ -294,6 +294,115 @@ def test_rayiou_occ3d_default_geometry():
     assert r["IoU@1"]["manmade"] == 0.0
     assert 0.0 < r["IoU@2"]["manmade"] < r["IoU@4"]["manmade"] < 100.0
     assert r["RayIoU@1"] < r["RayIoU@2"] < r["RayIoU@4"]
+
+
+def march(labels: torch.Tensor, lower, upper, origins: torch.Tensor, dirs: torch.Tensor,
+          step: float = 1e-3, length: float = 12.0):
+    """Brute force, independent of radocc.raycast: dense samples every `step` metres along each ray
+    [R]; returns where the ray enters and leaves its first occupied voxel (metres, quantised to
+    `step`) and that voxel's label (free when it hits nothing, then entry = exit = 0)."""
+    lo = torch.tensor(lower, dtype=torch.float64)
+    n = torch.tensor(labels.shape)
+    size = (torch.tensor(upper, dtype=torch.float64) - lo) / n
+    t = torch.arange(0, length, step, dtype=torch.float64)
+    unit = dirs / dirs.norm(dim=1, keepdim=True)
+    cell = ((origins[:, None] + t[None, :, None] * unit[:, None] - lo) / size).floor().long()
+    inside = ((cell >= 0) & (cell < n)).all(-1)
+    c = torch.minimum(cell.clamp_min(0), n - 1)
+    label = labels[c[..., 0], c[..., 1], c[..., 2]].long()
+    occupied = (label != FREE) & inside
+    first = occupied.float().argmax(1)
+    rows = torch.arange(dirs.shape[0])
+    left = (t[None] > t[first, None]) & (cell != cell[rows, first][:, None]).any(-1)
+    hit = occupied.any(1)
+    return t[first], t[left.float().argmax(1)], torch.where(hit, label[rows, first], FREE)
+
+
+def ray_tp_counts(gt_rays, pred_rays, thresholds, cls: int) -> tuple[list[int], float]:
+    """TP counts of class `cls` per threshold from (depth, label) of gt and prediction rays, and
+    the smallest gap between a TP ray's depth error and a threshold."""
+    (d_gt, l_gt), (d_pred, l_pred) = gt_rays, pred_rays
+    err = (d_pred - d_gt).abs()[(l_gt == cls) & (l_pred == cls)]
+    gap = min(float((err - t).abs().min()) for t in thresholds)
+    return [int((err < t).sum()) for t in thresholds], gap
+
+
+ROAD_BOX = dict(lower=(0.0, 0.0, 0.0), upper=(10.0, 10.0, 4.0))  # 1 m voxels, 10 x 10 x 4
+
+
+def road(z_index: int, shape=(10, 10, 4)) -> torch.Tensor:
+    grid = torch.full(shape, FREE, dtype=torch.uint8)
+    grid[:, :, z_index] = DRIVEABLE
+    return grid
+
+
+def test_rayiou_depth_is_where_the_ray_leaves_the_hit_voxel():
+    # The predicted road one voxel too low. Rays descend with slope 0.5 in x per 1 m in z (length
+    # sqrt(1.25) per metre of descent s), from z = 3.5: both enter their road 1 m of descent apart
+    # (1.118 m). Ray B (x = 2.65 + s / 2) enters the gt road at x = 2.9 and leaves it through x = 3
+    # at s = 0.7, but leaves the predicted one through its bottom at s = 2.5: 2.012 m apart.
+    # Ray C (x = 1.85 + s / 2) leaves the gt road through its bottom (s = 1.5) and the predicted
+    # one through x = 3 (s = 2.3): 0.894 m apart.
+    thresholds = (1.0, 1.5, 4.0)
+    m = RayIoU(thresholds=thresholds, directions=torch.tensor([[0.5, 0.0, -1.0]]), **ROAD_BOX)
+    origins = torch.tensor([[2.65, 5.5, 3.5], [1.85, 5.5, 3.5]], dtype=torch.float64)
+    m.update(road(1), road(2), origins)
+    assert int(m.gt_count[DRIVEABLE]) == int(m.pred_count[DRIVEABLE]) == 2
+    # exit depths: B 0.78 vs 2.80 m, C 1.68 vs 2.57 m (entry depths would give [0, 2, 2])
+    assert m.tp_count[:, DRIVEABLE].tolist() == [1, 1, 2]
+    r = m.compute()
+    assert r["IoU@1"]["driveable_surface"] == pytest.approx(100 / 3)  # TP 1 / (2 + 2 - 1)
+    assert r["IoU@4"]["driveable_surface"] == 100.0
+    # The same counts from the brute-force march, and different ones from entry depths.
+    dirs = torch.tensor([[0.5, 0.0, -1.0]] * 2, dtype=torch.float64)
+    g_in, g_out, g_label = march(road(2), **ROAD_BOX, origins=origins, dirs=dirs)
+    p_in, p_out, p_label = march(road(1), **ROAD_BOX, origins=origins, dirs=dirs)
+    assert g_out.tolist() == pytest.approx([0.7 * 1.25 ** 0.5, 1.5 * 1.25 ** 0.5], abs=2e-3)
+    assert p_out.tolist() == pytest.approx([2.5 * 1.25 ** 0.5, 2.3 * 1.25 ** 0.5], abs=2e-3)
+    exit_tp, _ = ray_tp_counts((g_out, g_label), (p_out, p_label), thresholds, DRIVEABLE)
+    entry_tp, _ = ray_tp_counts((g_in, g_label), (p_in, p_label), thresholds, DRIVEABLE)
+    assert exit_tp == [1, 1, 2] and entry_tp == [0, 2, 2]
+
+
+def test_rayiou_lower_road_matches_a_brute_force_march():
+    # 0.5 m voxels; the predicted road one voxel below the true one; rays at pitch -60 and -45
+    # degrees every 5 degrees of azimuth from two origins.
+    box = dict(lower=(0.0, 0.0, 0.0), upper=(16.0, 16.0, 4.0))
+    gt, pred = road(3, (32, 32, 8)), road(2, (32, 32, 8))
+    azimuth = torch.deg2rad(torch.arange(0, 360, 5, dtype=torch.float64))
+    dirs = torch.cat([torch.stack([math.cos(p) * azimuth.cos(), math.cos(p) * azimuth.sin(),
+                                   torch.full_like(azimuth, math.sin(p))], 1)
+                      for p in (math.radians(-60), math.radians(-45))])
+    origins = torch.tensor([[8.1, 7.7, 3.3], [5.3, 9.45, 3.6]], dtype=torch.float64)
+    thresholds = (0.24, 0.655, 1.15)  # in gaps of the depth errors, well clear of the 1 mm steps
+    m = RayIoU(thresholds=thresholds, directions=dirs, **box)
+    m.update(pred, gt, origins)
+
+    o, d = origins.repeat_interleave(len(dirs), 0), dirs.repeat(len(origins), 1)
+    g_in, g_out, g_label = march(gt, **box, origins=o, dirs=d)
+    p_in, p_out, p_label = march(pred, **box, origins=o, dirs=d)
+    assert (g_label == DRIVEABLE).all() and (p_label == DRIVEABLE).all()  # every ray hits
+    exit_tp, gap = ray_tp_counts((g_out, g_label), (p_out, p_label), thresholds, DRIVEABLE)
+    assert gap > 5e-3  # the march's 1 mm quantisation cannot flip a count
+    assert m.gt_count[DRIVEABLE] == m.pred_count[DRIVEABLE] == len(o)
+    assert m.tp_count[:, DRIVEABLE].tolist() == exit_tp
+    entry_tp, _ = ray_tp_counts((g_in, g_label), (p_in, p_label), thresholds, DRIVEABLE)
+    assert entry_tp != exit_tp  # the test tells the two depths apart
+
+
+def test_rayiou_origin_inside_an_occupied_voxel_gets_its_exit_distance():
+    gt = wall_scene(4)  # x in [2, 2.5]: ORIGIN (x = 2.1) is inside the wall
+    pred = wall_scene(6)  # x in [3, 3.5]
+    m = RayIoU(**{**SMALL, "thresholds": (0.95, 1.05)})
+    m.update(pred, gt, ORIGIN)
+    # gt: every ray leaves the origin's wall voxel (+x 0.4 m, -x 0.1 m, +y 0.3 m), so all three
+    # count as manmade; pred: only +x meets its wall, leaving it at 1.4 m: 1.0 m from 0.4 m (from
+    # 0 m, the entry convention's depth, it would be 0.9 m, a TP at 0.95).
+    assert int(m.gt_count[MANMADE]) == 3 and int(m.pred_count[MANMADE]) == 1
+    assert m.tp_count[:, MANMADE].tolist() == [0, 1]
+    r = m.compute()
+    assert r["IoU@0.95"]["manmade"] == 0.0
+    assert r["IoU@1.05"]["manmade"] == pytest.approx(100 / 3)
 
 
 @pytest.mark.parametrize("kwargs, error, match", [

@@ -16,87 +16,101 @@ BOX = ((0.0, 0.0, 0.0), (10.0, 10.0, 10.0))  # 10 x 10 x 10 voxels of 1 m
 
 
 def cast(occupied, origins, directions, box=BOX):
-    """(distance, index, hit) of `traverse` on lists of rays."""
+    """(distance, index, hit, exit_distance) of `traverse` on lists of rays."""
     t = traverse(occupied, torch.tensor(origins, dtype=torch.float64),
                  torch.tensor(directions, dtype=torch.float64), *box)
-    return t.distance, t.index, t.hit
+    return t.distance, t.index, t.hit, t.exit_distance
 
 
 def test_traverse_axis_aligned_rays():
     occ = torch.zeros(10, 10, 10, dtype=torch.bool)
     occ[7, 5, 5] = True
-    dist_, idx, hit = cast(occ, [[5.5, 5.5, 5.5], [5.5, 5.5, 5.5], [5.5, 5.5, 5.5]],
-                           [[1, 0, 0], [-1, 0, 0], [0, 0, 2]])  # +x, -x, +z (not unit)
+    dist_, idx, hit, exit_ = cast(occ, [[5.5, 5.5, 5.5], [5.5, 5.5, 5.5], [5.5, 5.5, 5.5]],
+                                  [[1, 0, 0], [-1, 0, 0], [0, 0, 2]])  # +x, -x, +z (not unit)
     assert hit.tolist() == [True, False, False]
     assert dist_.tolist() == pytest.approx([1.5, 5.5, 4.5])  # enters x = 7; leaves x = 0, z = 10
+    assert exit_.tolist() == pytest.approx([2.5, 5.5, 4.5])  # leaves voxel 7 at x = 8
     assert idx.tolist() == [[7, 5, 5], [0, 5, 5], [5, 5, 9]]  # misses: the last voxel crossed
 
 
 def test_traverse_diagonal_ray_visits_exactly_the_voxels_it_crosses():
     # In the plane z = 0.5 the ray y = x - 0.25 crosses (0,0) (1,0) (1,1) (2,1) (2,2) (3,2) (3,3)...
     path = [(0, 0), (1, 0), (1, 1), (2, 1), (2, 2), (3, 2), (3, 3)]
-    entry_x = [0.5, 1.0, 1.25, 2.0, 2.25, 3.0, 3.25]
-    for (i, j), x in zip(path[1:], entry_x[1:]):
+    entry_x = [0.5, 1.0, 1.25, 2.0, 2.25, 3.0, 3.25, 4.0]  # the last: where (3, 3) is left
+    for (i, j), x, x_out in zip(path[1:], entry_x[1:], entry_x[2:]):
         occ = torch.zeros(10, 10, 1, dtype=torch.bool)
         occ[i, j, 0] = True
         occ[j + 1, i + 2, 0] = True  # off the path (the path has i >= j): never the hit
-        dist_, idx, hit = cast(occ, [[0.5, 0.25, 0.5]], [[1, 1, 0]], ((0, 0, 0), (10, 10, 1)))
+        dist_, idx, hit, exit_ = cast(occ, [[0.5, 0.25, 0.5]], [[1, 1, 0]],
+                                      ((0, 0, 0), (10, 10, 1)))
         assert bool(hit[0]) and idx[0].tolist() == [i, j, 0]
         assert float(dist_[0]) == pytest.approx((x - 0.5) * math.sqrt(2))
+        assert float(exit_[0]) == pytest.approx((x_out - 0.5) * math.sqrt(2))  # the next entry
     occ = torch.zeros(10, 10, 1, dtype=torch.bool)
     occ[0, 1, 0] = True  # beside the path: the ray passes it by
-    dist_, idx, hit = cast(occ, [[0.5, 0.25, 0.5]], [[1, 1, 0]], ((0, 0, 0), (10, 10, 1)))
+    dist_, idx, hit, exit_ = cast(occ, [[0.5, 0.25, 0.5]], [[1, 1, 0]], ((0, 0, 0), (10, 10, 1)))
     assert not bool(hit[0])
     assert float(dist_[0]) == pytest.approx(9.5 * math.sqrt(2))  # leaves through x = 10 (y = 9.75)
+    assert float(exit_[0]) == float(dist_[0])
     assert idx[0].tolist() == [9, 9, 0]
 
 
 def test_traverse_ray_through_voxel_corners_skips_the_neighbours():
     occ = torch.zeros(10, 10, 10, dtype=torch.bool)
     occ[1, 0, 0] = occ[0, 1, 1] = True  # touch the ray only at the corner (1, 1, 1)
-    dist_, idx, hit = cast(occ, [[0.5, 0.5, 0.5]], [[1, 1, 1]])
+    dist_, idx, hit, _ = cast(occ, [[0.5, 0.5, 0.5]], [[1, 1, 1]])
     assert not bool(hit[0]) and idx[0].tolist() == [9, 9, 9]
     assert float(dist_[0]) == pytest.approx(9.5 * math.sqrt(3))
     occ[4, 4, 4] = True
-    dist_, idx, hit = cast(occ, [[0.5, 0.5, 0.5]], [[1, 1, 1]])
+    dist_, idx, hit, exit_ = cast(occ, [[0.5, 0.5, 0.5]], [[1, 1, 1]])
     assert bool(hit[0]) and idx[0].tolist() == [4, 4, 4]
     assert float(dist_[0]) == pytest.approx(3.5 * math.sqrt(3))
+    assert float(exit_[0]) == pytest.approx(4.5 * math.sqrt(3))  # out through the corner (5, 5, 5)
 
 
 def test_traverse_origin_inside_an_occupied_voxel():
     occ = torch.zeros(10, 10, 10, dtype=torch.bool)
     occ[2, 3, 4] = True
-    dist_, idx, hit = cast(occ, [[2.9, 3.1, 4.5], [2.9, 3.1, 4.5]], [[1, 0, 0], [0, -1, 1]])
+    dist_, idx, hit, exit_ = cast(occ, [[2.9, 3.1, 4.5], [2.9, 3.1, 4.5]],
+                                  [[1, 0, 0], [0, -1, 1]])
     assert hit.all() and dist_.tolist() == [0.0, 0.0]
     assert idx.tolist() == [[2, 3, 4], [2, 3, 4]]
+    # Left through x = 3 after 0.1 m; through y = 3 (0.1 m down y) before z = 5 (0.5 m up z).
+    assert exit_.tolist() == pytest.approx([0.1, 0.1 * math.sqrt(2)])
 
 
 def test_traverse_origin_on_a_boundary_going_down_the_axis():
     occ = torch.zeros(10, 10, 10, dtype=torch.bool)
     occ[5, 5, 5] = True  # above x = 5: a ray leaving x = 5 towards -x never enters it
-    dist_, idx, hit = cast(occ, [[5.0, 5.5, 5.5]], [[-1, 0, 0]])
+    dist_, idx, hit, exit_ = cast(occ, [[5.0, 5.5, 5.5]], [[-1, 0, 0]])
     assert not bool(hit[0]) and float(dist_[0]) == pytest.approx(5.0)
+    assert float(exit_[0]) == pytest.approx(5.0)
     occ[4, 5, 5] = True
-    dist_, idx, hit = cast(occ, [[5.0, 5.5, 5.5]], [[-1, 0, 0]])
+    dist_, idx, hit, exit_ = cast(occ, [[5.0, 5.5, 5.5]], [[-1, 0, 0]])
     assert bool(hit[0]) and float(dist_[0]) == 0.0 and idx[0].tolist() == [4, 5, 5]
+    assert float(exit_[0]) == pytest.approx(1.0)  # voxel 4 is left at x = 4
 
 
 def test_traverse_origins_outside_the_box():
     occ = torch.zeros(10, 10, 10, dtype=torch.bool)
     occ[3, 5, 5] = True
-    dist_, idx, hit = cast(occ, [[-2, 5.5, 5.5], [-2, 5.5, 5.5], [-2, 5.5, 5.5], [-2, 12, 5.5]],
-                           [[1, 0, 0], [-1, 0, 0], [0, 1, 0], [1, 1, 0]])
+    dist_, idx, hit, exit_ = cast(
+        occ, [[-2, 5.5, 5.5], [-2, 5.5, 5.5], [-2, 5.5, 5.5], [-2, 12, 5.5]],
+        [[1, 0, 0], [-1, 0, 0], [0, 1, 0], [1, 1, 0]])
     assert hit.tolist() == [True, False, False, False]
     assert float(dist_[0]) == pytest.approx(5.0)  # from the origin, not from the box
+    assert float(exit_[0]) == pytest.approx(6.0)
     assert torch.isinf(dist_[1:]).all() and (idx[1:] == -1).all()  # never meet the box
+    assert torch.isinf(exit_[1:]).all()
 
 
 def test_traverse_empty_grid_every_ray_leaves():
     occ = torch.zeros(4, 4, 4, dtype=torch.bool)
-    dist_, idx, hit = cast(occ, [[1.0, 1.0, 1.0]] * 3, [[0, 0, -1], [0, 1, 0], [3, 4, 0]],
-                           ((0, 0, 0), (4, 4, 4)))
+    dist_, idx, hit, exit_ = cast(occ, [[1.0, 1.0, 1.0]] * 3, [[0, 0, -1], [0, 1, 0], [3, 4, 0]],
+                                  ((0, 0, 0), (4, 4, 4)))
     assert not hit.any()
     assert dist_.tolist() == pytest.approx([1.0, 3.0, 3.75])  # (3,4)/5 leaves y = 4 at t = 3.75
+    assert torch.equal(exit_, dist_)
 
 
 def test_traverse_matches_dense_sampling():
@@ -108,7 +122,8 @@ def test_traverse_matches_dense_sampling():
     origins = torch.rand(200, 3, generator=gen, dtype=torch.float64) * 4 + lo - \
         torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
     dirs = torch.randn(200, 3, generator=gen, dtype=torch.float64)
-    dist_, idx, hit, _ = traverse(occ, origins, dirs, lower, upper)
+    walk = traverse(occ, origins, dirs, lower, upper)
+    dist_, idx, hit, exit_ = walk.distance, walk.index, walk.hit, walk.exit_distance
 
     step = 1e-3
     t = torch.arange(0, 12, step, dtype=torch.float64)
@@ -124,9 +139,16 @@ def test_traverse_matches_dense_sampling():
     assert torch.allclose(dist_[hit], t[first[hit]], atol=step)
     rows = hit.nonzero().squeeze(1)
     assert torch.equal(idx[hit], cell[rows, first[hit]])
+    # The exit: the first sample after the hit outside the hit voxel (or the box).
+    hit_cell = cell[rows, first[hit]]
+    after = (t[None] > t[first[hit], None]) & (cell[rows] != hit_cell[:, None]).any(-1)
+    assert after.any(1).all()
+    assert torch.allclose(exit_[hit], t[after.float().argmax(1)], atol=step)
+    assert (exit_[hit] > dist_[hit]).all()
     missed_in = ~hit & inside.any(1)  # rays that cross the box and hit nothing leave it
     last_inside = inside.float().cumsum(1).argmax(1)
     assert torch.allclose(dist_[missed_in], t[last_inside[missed_in]], atol=step)
+    assert torch.equal(exit_[~hit], dist_[~hit])
 
 
 @pytest.mark.parametrize("call, error, match", [
@@ -198,6 +220,8 @@ def test_max_distance_stops_the_ray_before_the_wall():
     assert voxels(t.visible) == [[0, 5, 5], [1, 5, 5]] and not bool(t.hit[0])
     t = walk(wall_at_x2(), [[0.5, 5.5, 5.5]], [[1, 0, 0]], max_distance=1.5 + 1e-6)
     assert voxels(t.visible) == [[0, 5, 5], [1, 5, 5], [2, 5, 5]] and bool(t.hit[0])
+    # max_distance decides whether the wall is reached, not where the ray would leave it
+    assert float(t.exit_distance[0]) == pytest.approx(2.5)
 
 
 def test_max_distance_per_ray_and_beyond_the_box():
