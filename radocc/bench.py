@@ -1,6 +1,9 @@
 """Benchmarks against the reference implementations, timed in one run.
 
     python -m radocc.bench render [--device cpu|cuda] [--json] [--fraction F] [--repeats N]
+    python -m radocc.bench train-step CONFIG [--set key=value ...] [--steps N] [--json]
+
+``train-step`` times one training step of a config by phase (see :mod:`radocc.bench_train`).
 
 ``render`` times forward + backward of exact-traversal rendering on workload W: the Occ3D grid
 (200 x 200 x 16) with 18 feature channels and 6 cameras of a nuScenes rig at the grid centre,
@@ -201,7 +204,22 @@ def main(argv: list[str] | None = None) -> int:
     render.add_argument("--repeats", type=int, default=3, help="timed runs (median reported)")
     render.add_argument("--stride", type=int, default=None,
                         help="pixel stride of the rays (default: 8 on CPU, 2 on CUDA)")
+    step = sub.add_parser("train-step", help="one training step of a config, timed by phase")
+    step.add_argument("config", help="experiment config (.toml)")
+    step.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a config value (repeatable), e.g. data.root=outputs/synthetic")
+    step.add_argument("--steps", type=int, default=3, help="timed steps (median reported)")
+    step.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
+    if args.bench == "train-step":
+        from radocc.bench_train import bench_train_step, print_train_step
+
+        result = bench_train_step(args.config, args.set, steps=args.steps)
+        if args.json:
+            print(json.dumps(result))
+        else:
+            print_train_step(result)
+        return 0
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
     if not 0 < args.fraction <= 1:

@@ -1,0 +1,565 @@
+"""Train a teacher, a baseline student or a distilled (RadOcc) student.
+
+    python -m radocc.train CONFIG.toml [--set key=value ...] [--out DIR] [--resume PATH]
+    torchrun --nproc-per-node G [--nnodes N ...] -m radocc.train CONFIG.toml   (multi-GPU / node)
+
+One training step, read top to bottom in :meth:`Trainer.step`:
+data (images, LiDAR, labels, and the rays prepared by the dataloader workers) -> models (student;
+frozen teacher under no_grad) -> render (teacher and student along the same rays) -> losses
+(occupancy, depth, RDC, RSC, feature / logit alignment) -> backward (clip, AdamW, schedule, EMA).
+
+Outputs in the run folder (``--out``, default ``runs/<name>``): ``last.pt`` (every epoch),
+``best.pt`` (best val mIoU), ``config.toml`` (the resolved config), ``metrics.jsonl`` and
+TensorBoard logs in ``tb/``. Checkpoints are written atomically and read with ``weights_only=True``;
+``--resume last.pt`` continues with the same model, optimiser, schedule, RNG and data order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm import tqdm
+
+from radocc import losses
+from radocc.checkpoint import load_checkpoint, load_into, rng_state, save_checkpoint, set_rng_state
+from radocc.config import ConfigError, ExperimentConfig, load_config, load_model_config, to_dict
+from radocc.data import DataError, DatasetConfig, NuScenesOccDataset, collate
+from radocc.data.rig import CAMERA_NAMES
+from radocc.data.targets import RayChoice, camera_depth_image, lss_depth_targets, render_targets
+from radocc.models import ModelOutput, OccupancyModel, build_model, render_density, semantic_features
+
+__all__ = ["Trainer", "TrainingError", "RenderTargetSet", "render_occupancy", "main"]
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a NaN loss, a mismatched teacher, a bad data root)."""
+
+
+# ----------------------------------------------------------------------------- data
+class RenderTargetSet(Dataset):
+    """A dataset whose items also carry the render rays and lookups (prepared in the workers).
+
+    Item i of epoch e draws its rays with the generator seeded by (seed, e, i), and the base
+    dataset's augmentation is reseeded per epoch, so the data of a run depend only on the seed.
+    """
+
+    def __init__(self, base: NuScenesOccDataset, choice: RayChoice, depth_targets: bool, seed: int):
+        self.base, self.choice, self.depth_targets, self.seed = base, choice, depth_targets, seed
+        self.epoch = 0
+        self._base_config = base.config
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if self._base_config.augment:
+            self.base.config = replace(self._base_config, seed=self.seed * 100003 + epoch)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = self.base[index]
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        item.update(render_targets(item, self.choice, rng))
+        if self.depth_targets:
+            item["depth_target"] = lss_depth_targets(camera_depth_image(item))
+        return item
+
+
+class ShardSampler(Sampler[int]):
+    """This rank's share of the samples: shuffled by (seed, epoch) in training, every world-th
+    index from ``rank`` (no padding, so evaluation counts each sample once)."""
+
+    def __init__(self, size: int, rank: int, world: int, shuffle: bool, seed: int):
+        self.size, self.rank, self.world, self.shuffle, self.seed = size, rank, world, shuffle, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _order(self) -> list[int]:
+        if not self.shuffle:
+            return list(range(self.size))
+        g = torch.Generator().manual_seed(self.seed * 1000003 + self.epoch)
+        return torch.randperm(self.size, generator=g).tolist()
+
+    def __iter__(self):
+        order = self._order()
+        if self.shuffle:  # equal shares, so every rank runs the same number of steps
+            order = order[: len(order) - len(order) % self.world] or order[: self.world]
+        return iter(order[self.rank::self.world])
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.size if not self.shuffle else
+                         max(self.world, self.size - self.size % self.world), self.world))
+
+
+def _seed_worker(worker_id: int) -> None:
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+
+
+def build_dataset(config: ExperimentConfig, split: str, train: bool,
+                  segments: bool | None = None) -> RenderTargetSet:
+    """The render-target dataset of a split (training augmentation on for ``train``)."""
+    d = config.data
+    base = NuScenesOccDataset(d.root, d.version, split, DatasetConfig(
+        image_size=tuple(d.image_size), cameras=tuple(d.cameras) or CAMERA_NAMES,
+        lidar_sweeps=d.lidar_sweeps, augment=train and d.augment, seed=config.seed,
+        load_segments=segments))
+    limit = d.max_train_samples if train else d.max_val_samples
+    if limit:
+        base.records = base.records[:limit]
+    r = config.render
+    return RenderTargetSet(base, RayChoice(r.pixels, r.stride, r.rays_per_image),
+                           depth_targets=train and config.loss.depth > 0, seed=config.seed)
+
+
+def build_loader(dataset: RenderTargetSet, config: ExperimentConfig, rank: int, world: int,
+                 train: bool) -> DataLoader:
+    sampler = ShardSampler(len(dataset), rank, world, shuffle=train, seed=config.seed)
+    return DataLoader(dataset, batch_size=config.data.batch_size if train else 1, sampler=sampler,
+                      num_workers=config.data.num_workers, collate_fn=collate,
+                      worker_init_fn=_seed_worker, drop_last=False,
+                      persistent_workers=False, pin_memory=torch.cuda.is_available())
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
+
+
+# ----------------------------------------------------------------------------- render
+def depth_edges(config: ExperimentConfig, device: torch.device) -> Tensor:
+    """The D + 1 termination bin edges of RDC, metres."""
+    start, stop, step = config.render.depth_bins
+    return torch.arange(start, stop + step / 2, step, device=device, dtype=torch.float32)
+
+
+def render_occupancy(logits: Tensor, origins: Tensor, directions: Tensor, config: ExperimentConfig,
+                     edges: Tensor | None = None):
+    """Render voxel logits [B, X, Y, Z, K] along rays [B, R, 3] (ego frame, metres).
+
+    Density comes from the free-class probability (:func:`radocc.models.render_density`), the
+    features are the class distribution given occupied (:func:`radocc.models.semantic_features`),
+    so rendered features [B, R, K - 1] sum to the ray's opacity. Rays are rendered in chunks of
+    ``render.chunk_rays`` when set. Returns a ``radocc.render.RenderOutput``.
+    """
+    from radocc.render import RenderOutput, VoxelGrid, volume_render
+
+    m = config.model
+    grid = VoxelGrid(tuple(m.grid_lower), tuple(m.grid_upper))
+    density, features = render_density(logits, m), semantic_features(logits)
+    step = config.render.step or None
+    chunk = config.render.chunk_rays or origins.shape[1]
+    parts = [volume_render(density, origins[:, i:i + chunk], directions[:, i:i + chunk], features,
+                           grid=grid, step=step, depth_bins=edges)
+             for i in range(0, origins.shape[1], chunk)]
+    if len(parts) == 1:
+        return parts[0]
+    return RenderOutput(*(None if parts[0][j] is None else torch.cat([p[j] for p in parts], dim=1)
+                          for j in range(4)))
+
+
+# ----------------------------------------------------------------------------- models
+def load_teacher(config: ExperimentConfig, device: torch.device) -> OccupancyModel:
+    """The frozen teacher: built from its config's [model], weights from its checkpoint (the EMA
+    weights when the teacher was trained with EMA)."""
+    teacher_config = load_model_config(config.teacher.config)
+    if teacher_config.num_classes != config.model.num_classes:
+        raise TrainingError(f"teacher predicts {teacher_config.num_classes} classes, the student "
+                            f"{config.model.num_classes}")
+    teacher = build_model(teacher_config)
+    state = load_checkpoint(config.teacher.checkpoint)
+    weights = state.get("ema") or state["model"]
+    load_into(teacher, weights, f"teacher checkpoint {config.teacher.checkpoint} "
+                                f"(teacher config {config.teacher.config})")
+    teacher.eval().requires_grad_(False)
+    return teacher.to(device)
+
+
+class EMA(nn.Module):
+    """Exponential moving average of a model's parameters and buffers."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        super().__init__()
+        self.decay = decay
+        self.module = build_model(model.config).to(next(model.parameters()).device)
+        self.module.load_state_dict(model.state_dict())
+        self.module.eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        ema = self.module.state_dict()
+        for name, value in model.state_dict().items():
+            if value.is_floating_point():
+                ema[name].lerp_(value.detach(), 1.0 - self.decay)
+            else:
+                ema[name].copy_(value)
+
+
+# ----------------------------------------------------------------------------- training
+def _lr_lambda(warmup: int, total: int, min_ratio: float):
+    def factor(it: int) -> float:
+        if it < warmup:
+            return (it + 1) / warmup
+        progress = min(1.0, (it - warmup) / max(1, total - warmup))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return factor
+
+
+def _distributed() -> tuple[int, int, int]:
+    """(rank, world size, local rank), initialising torch.distributed under torchrun."""
+    if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) == 1:
+        return 0, 1, 0
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
+
+
+class Trainer:
+    """Everything one run holds: data, student (+ teacher), optimiser, schedule, logs."""
+
+    def __init__(self, config: ExperimentConfig, out: str | Path, *, progress: bool = True,
+                 teacher: OccupancyModel | None = None):
+        """``teacher``: a ready teacher to use instead of loading [teacher] (benchmarks, tests)."""
+        self.config = config
+        self.out = Path(out)
+        self.rank, self.world, local_rank = _distributed()
+        self.device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        self.progress = progress and self.rank == 0
+        torch.manual_seed(config.seed)
+        np.random.seed(config.seed)
+        if config.train.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        self._check_data()
+
+        # data
+        needs_segments = config.distills and config.loss.rsc > 0 and config.loss.rsc_mode == "affinity"
+        self.train_set = build_dataset(config, config.data.train_split, train=True, segments=needs_segments)
+        self.val_set = build_dataset(config, config.data.val_split, train=False, segments=False)
+        self.train_loader = build_loader(self.train_set, config, self.rank, self.world, train=True)
+        self.val_loader = build_loader(self.val_set, config, self.rank, self.world, train=False)
+        # models
+        self.model = build_model(config.model).to(self.device)
+        if teacher is not None:
+            teacher = teacher.eval().requires_grad_(False).to(self.device)
+        self.teacher = teacher or (load_teacher(config, self.device) if config.distills else None)
+        self.adapter = None
+        if config.loss.feature_alignment > 0:
+            t_channels = self.teacher.config.bev_encoder.out_channels
+            self.adapter = losses.FeatureAlignment(config.model.bev_encoder.out_channels,
+                                                   t_channels).to(self.device)
+        self.net = self.model
+        if self.world > 1:
+            self.net = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        params = list(self.model.parameters()) + (list(self.adapter.parameters()) if self.adapter else [])
+        o = config.optim
+        lr = o.lr * (self.world if o.scale_lr else 1)
+        self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=o.weight_decay)
+        self.total_iters = config.train.epochs * len(self.train_loader)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, _lr_lambda(o.warmup_iters, self.total_iters, o.min_lr_ratio))
+        self.ema = EMA(self.model, o.ema_decay) if o.ema_decay > 0 else None
+        self.edges = depth_edges(config, self.device)
+        self.class_weights = (torch.tensor(config.loss.class_weights, device=self.device)
+                              if config.loss.class_weights else None)
+        self.epoch, self.iteration, self.best_miou = 0, 0, -math.inf
+        self.writer = None
+        self.timings: dict[str, float] | None = None
+
+    def _check_data(self) -> None:
+        from radocc.data.check import check_data_root
+
+        c = self.config
+        required = ["tables", "samples", "gts"]
+        if c.loss.rsc > 0 and c.distills and c.loss.rsc_mode == "affinity":
+            required.append("segments")
+        for split in {c.data.train_split, c.data.val_split}:
+            report = check_data_root(c.data.root, c.data.version, split, require=tuple(required))
+            try:
+                report.raise_if_missing(required)
+            except DataError as exc:
+                hint = (" (RSC needs SAM segments: make them with python -m radocc.segments, or set "
+                        "loss.rsc = 0)" if "segments" in str(exc) and "segments" in required else "")
+                raise TrainingError(f"data root {c.data.root} is not ready for training{hint}:\n{exc}") from exc
+
+    # ---- the step: data -> models -> render -> losses -> backward
+    def step(self, batch: dict[str, Any]) -> dict[str, float]:
+        c = self.config
+        w = c.loss
+        # data
+        with self._phase("data_to_device"):
+            batch = to_device(batch, self.device)
+        images, intrinsics, cam2ego = batch["images"], batch["intrinsics"], batch["cam2ego"]
+        autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
+                    if self.device.type == "cuda" and c.train.amp == "bf16" else nullcontext())
+        with autocast:
+            # models
+            with self._phase("student_forward"):
+                lidar = (batch["points"], batch["num_points"]) if c.model.modality == "fusion" else (None, None)
+                student: ModelOutput = self.net(images, intrinsics, cam2ego, *lidar)
+            teacher: ModelOutput | None = None
+            if self.teacher is not None:
+                with self._phase("teacher_forward"), torch.no_grad():
+                    teacher = self.teacher(images, intrinsics, cam2ego, batch["points"], batch["num_points"])
+            # render: teacher and student along the same rays
+            s_render = t_render = None
+            if teacher is not None and (w.rdc > 0 or w.rsc > 0):
+                with self._phase("render"):
+                    s_render = render_occupancy(student.logits, batch["ray_origins"],
+                                                batch["ray_directions"], c, self.edges)
+                    with torch.no_grad():
+                        t_render = render_occupancy(teacher.logits, batch["ray_origins"],
+                                                    batch["ray_directions"], c, self.edges)
+            # losses
+            terms: dict[str, Tensor] = {}
+            with self._phase("render_losses"):
+                if s_render is not None and w.rdc > 0:
+                    terms["rdc"] = losses.rdc_loss(s_render.termination, t_render.termination,
+                                                   batch["ray_valid"])
+                if s_render is not None and w.rsc > 0:
+                    segments = batch.get("ray_segments") if w.rsc_mode == "affinity" else None
+                    terms["rsc"] = losses.rsc_loss(s_render.features, t_render.features, segments,
+                                                   mode=w.rsc_mode)
+            with self._phase("other_losses"):
+                terms["occupancy"] = losses.occupancy_loss(student.logits, batch["semantics"],
+                                                           batch["mask_camera"], self.class_weights)
+                if w.depth > 0:
+                    terms["depth"] = losses.depth_loss(student.depth, batch["depth_target"],
+                                                       c.model.camera.depth_bins)
+                if teacher is not None and w.feature_alignment > 0:
+                    terms["feature_alignment"] = self.adapter(student.bev, teacher.bev)
+                if teacher is not None and w.logit_alignment > 0:
+                    terms["logit_alignment"] = losses.logit_alignment_loss(
+                        student.logits, teacher.logits, batch["mask_camera"])
+                total = sum(getattr(w, name) * value for name, value in terms.items())
+        self._check_finite(terms)
+        # backward
+        with self._phase("backward_and_update"):
+            self.optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            if c.optim.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(
+                    [p for g in self.optimizer.param_groups for p in g["params"]], c.optim.grad_clip)
+            self.optimizer.step()
+            self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update(self.model)
+        self.iteration += 1
+        logged = {name: float(value) for name, value in terms.items()}
+        logged["total"] = float(total)
+        if self.writer is not None and c.train.image_every and self.iteration % c.train.image_every == 1:
+            self._log_pictures(batch, student, teacher)
+        return logged
+
+    @contextmanager
+    def _phase(self, name: str):
+        """Times a part of the step into ``self.timings`` when it is a dict (radocc.bench)."""
+        if self.timings is None:
+            yield
+            return
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        tic = time.perf_counter()
+        yield
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - tic
+
+    def _check_finite(self, terms: dict[str, Tensor]) -> None:
+        bad = [name for name, value in terms.items() if not bool(torch.isfinite(value.detach()).all())]
+        if bad:
+            last = self.out / "last.pt"
+            kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
+            raise TrainingError(f"step {self.iteration + 1} (epoch {self.epoch + 1}): loss "
+                                f"{', '.join(repr(b) for b in bad)} is not finite "
+                                f"({', '.join(f'{b}={float(terms[b])}' for b in bad)}); training stopped "
+                                f"before the update; {kept}")
+
+    # ---- epochs, validation, checkpoints
+    def fit(self) -> dict[str, Any]:
+        """Train until ``train.epochs``; returns the last validation result."""
+        c = self.config
+        result: dict[str, Any] = {}
+        if self.rank == 0:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.toml").write_text(_toml(to_dict(c)))
+            self.writer = SummaryWriter(str(self.out / "tb"))
+        try:
+            while self.epoch < c.train.epochs:
+                self._train_epoch()
+                self.epoch += 1
+                if self.epoch % c.train.val_every == 0 or self.epoch == c.train.epochs:
+                    result = self.validate()
+                    self._log_scalars({f"val/{k}": v for k, v in result.items()
+                                       if isinstance(v, float)}, self.iteration)
+                    if result["mIoU"] > self.best_miou:
+                        self.best_miou = result["mIoU"]
+                        self._save("best.pt")
+                self._save("last.pt")
+                self._append_metrics({"epoch": self.epoch, "iteration": self.iteration, **result})
+        finally:
+            if self.writer is not None:
+                self.writer.close()
+        return result
+
+    def _train_epoch(self) -> None:
+        self.model.train()
+        self.train_set.set_epoch(self.epoch)
+        self.train_loader.sampler.set_epoch(self.epoch)
+        bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}/{self.config.train.epochs}",
+                   disable=not self.progress, unit="it", dynamic_ncols=True)
+        tic = time.perf_counter()
+        for batch in bar:
+            logged = self.step(batch)
+            bar.set_postfix({k: f"{v:.3g}" for k, v in logged.items()})
+            if self.iteration % self.config.train.log_every == 0 or self.iteration == 1:
+                elapsed = time.perf_counter() - tic
+                logged["samples_per_s"] = (self.config.data.batch_size * self.world
+                                           * self.config.train.log_every / max(elapsed, 1e-9))
+                logged["lr"] = self.scheduler.get_last_lr()[0]
+                self._log_scalars({f"train/{k}": v for k, v in logged.items()}, self.iteration)
+                tic = time.perf_counter()
+
+    def eval_model(self) -> OccupancyModel:
+        return self.ema.module if self.ema is not None else self.model
+
+    def validate(self) -> dict[str, Any]:
+        from radocc.evaluate import evaluate_model
+
+        return evaluate_model(self.eval_model(), self.val_loader, self.config, self.device,
+                              progress=self.progress, rayiou=False)
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
+                    scheduler=self.scheduler.state_dict(),
+                    ema=self.ema.module.state_dict() if self.ema else None,
+                    adapter=self.adapter.state_dict() if self.adapter else None,
+                    epoch=self.epoch, iteration=self.iteration, best_miou=self.best_miou,
+                    rng=rng_state(), config=to_dict(self.config))
+
+    def _save(self, name: str) -> None:
+        if self.rank == 0:
+            save_checkpoint(self.out / name, self.state_dict())
+        if self.world > 1:
+            dist.barrier()
+
+    def resume(self, path: str | Path) -> None:
+        """Continue from a checkpoint of this run (model, optimiser, schedule, EMA, RNG, epoch)."""
+        state = load_checkpoint(path, map_location=self.device)
+        load_into(self.model, state["model"], f"checkpoint {path}")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema is not None:
+            if state.get("ema") is None:
+                raise TrainingError(f"{path} has no EMA weights but optim.ema_decay > 0")
+            load_into(self.ema.module, state["ema"], f"EMA of checkpoint {path}")
+        if self.adapter is not None:
+            self.adapter.load_state_dict(state["adapter"])
+        self.epoch, self.iteration, self.best_miou = state["epoch"], state["iteration"], state["best_miou"]
+        set_rng_state(state["rng"])
+
+    # ---- logs
+    def _log_scalars(self, values: dict[str, float], step: int) -> None:
+        if self.writer is not None:
+            for key, value in values.items():
+                self.writer.add_scalar(key, value, step)
+
+    def _append_metrics(self, record: dict[str, Any]) -> None:
+        if self.rank == 0:
+            with open(self.out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record, default=_json_default) + "\n")
+
+    @torch.no_grad()
+    def _log_pictures(self, batch: dict[str, Any], student: ModelOutput, teacher: ModelOutput | None) -> None:
+        """Rendered depth and semantics of the first camera of the first sample (student, teacher)."""
+        from radocc.rays import camera_rays
+        from radocc.viz import colorize_depth, colorize_labels
+
+        height, width = batch["images"].shape[-2:]
+        stride = 4
+        origins, directions = camera_rays(batch["intrinsics"][:1, :1].float(), batch["cam2ego"][:1, :1].float(),
+                                          (height, width), stride)
+        rows = []
+        for out in (student, teacher):
+            if out is None:
+                continue
+            r = render_occupancy(out.logits[:1].float(), origins, directions, self.config)
+            shape = (height // stride, width // stride)
+            depth = colorize_depth(r.depth[0].view(shape))
+            labels = colorize_labels(r.features[0].argmax(-1).view(shape), shade=r.opacity[0].view(shape))
+            rows.append(np.concatenate([depth, labels], axis=1))
+        self.writer.add_image("render/depth_semantics_student_teacher", np.concatenate(rows, axis=0),
+                              self.iteration, dataformats="HWC")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return str(value)
+
+
+def _toml(data: dict, prefix: str = "") -> str:
+    """A config dict as TOML (scalars first, then tables)."""
+    lines, tables = [], []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            tables.append((key, value))
+        else:
+            lines.append(f"{key} = {json.dumps(value)}")
+    text = "\n".join(lines) + ("\n" if lines else "")
+    for key, value in tables:
+        name = f"{prefix}.{key}" if prefix else key
+        text += f"\n[{name}]\n" + _toml(value, name)
+    return text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m radocc.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", help="experiment config (.toml), e.g. configs/synthetic/radocc.toml")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set optim.lr=1e-4 (repeatable)")
+    parser.add_argument("--out", help="run folder (default runs/<name>)")
+    parser.add_argument("--resume", help="checkpoint to continue from (e.g. runs/<name>/last.pt)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config, args.set)
+        trainer = Trainer(config, args.out or f"runs/{config.name}", progress=not args.no_progress)
+        if args.resume:
+            trainer.resume(args.resume)
+        result = trainer.fit()
+    except (ConfigError, DataError, TrainingError, FileNotFoundError) as exc:
+        print(f"radocc.train: error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if trainer.rank == 0 and result:
+        print(f"done: val mIoU {result['mIoU']:.2f} (best {trainer.best_miou:.2f}); "
+              f"checkpoints in {trainer.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
