@@ -132,10 +132,13 @@ setup(
     cmdclass={"build_ext": Build.with_options(use_ninja=True)},
     install_requires=[
         f"torch>={'.'.join(map(str, MIN_TORCH))}", "torchvision", "numpy", "tqdm", "pillow",
-        "segment-anything>=1.0", "scikit-image>=0.21",
+        "segment-anything>=1.0", "scikit-image>=0.21", "tensorboard",
         "nuscenes-devkit==1.2.0",  # pins numpy < 2
     ],
     extras_require={
         "dev": ["pytest", "hypothesis", "nerfacc==0.5.3", "ninja"],
+        # The teacher's LiDAR branch. spconv-cu118 also runs on the CPU (ConvAlgo.Native); on a
+        # GPU machine, install the spconv-cu1xx wheel that matches your CUDA instead.
+        "lidar": ["spconv-cu118"],
     },
 )

@@ -105,7 +105,7 @@ def test_encoder_shape_gradients_and_cpu_algorithm():
     out.square().mean().backward()
     grad = enc.conv_input.conv.weight.grad
     assert grad is not None and grad.abs().sum() > 0
-    assert all(conv.algo == lidar.ConvAlgo.Native for conv in enc._convs)
+    assert all(conv.algo == lidar._spconv().ConvAlgo.Native for conv in enc._convs)
 
 
 def test_encoder_resize_and_projection_path():
@@ -161,10 +161,23 @@ def test_encoder_rejects_bad_config():
 
 
 def test_missing_spconv_names_the_package(monkeypatch):
-    monkeypatch.setattr(lidar, "spconv", None)
-    monkeypatch.setattr(lidar, "_SPCONV_ERROR", ImportError("No module named 'spconv'"))
-    with pytest.raises(ImportError, match="pip install spconv"):
-        LidarEncoder(TINY, LOWER, UPPER, BEV)
+    import sys
+
+    lidar._spconv.cache_clear()
+    monkeypatch.setitem(sys.modules, "spconv.pytorch", None)  # makes the import fail
+    try:
+        with pytest.raises(ImportError, match="pip install spconv"):
+            LidarEncoder(TINY, LOWER, UPPER, BEV)
+    finally:
+        lidar._spconv.cache_clear()
+
+
+def test_importing_the_models_does_not_import_spconv():
+    import subprocess
+    import sys
+
+    code = "import sys, radocc.models; assert 'spconv' not in sys.modules, 'spconv imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 @pytest.mark.slow

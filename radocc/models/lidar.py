@@ -37,21 +37,29 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+import functools
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-try:
-    import spconv.pytorch as spconv
-    from spconv.core import ConvAlgo
-    from spconv.pytorch.conv import SparseConvolution
-    _SPCONV_ERROR: Exception | None = None
-except Exception as error:  # ImportError, or OSError from a wheel built for another CUDA
-    spconv = None
-    ConvAlgo = SparseConvolution = None
-    _SPCONV_ERROR = error
+
+
+@functools.cache
+def _spconv():
+    """spconv.pytorch, imported on first use (the import takes seconds; camera-only models never
+    need it). Raises ImportError saying which wheel to install."""
+    try:
+        import spconv.pytorch as spconv
+    except Exception as error:  # ImportError, or OSError from a wheel built for another CUDA
+        raise ImportError(
+            "LidarEncoder needs spconv 2.x, which failed to import "
+            f"({type(error).__name__}: {error}). Install the wheel matching "
+            f"torch's CUDA (torch {torch.__version__}, CUDA {torch.version.cuda}): "
+            "`pip install spconv-cu118` (or spconv-cu120/cu121/cu124/cu126), or `pip install spconv` "
+            "for a CPU-only build.") from error
+    return spconv
 
 _BN = dict(eps=1e-3, momentum=0.01)
 # Knuth's multiplicative hash: a fixed pseudo-random priority per voxel for the max_voxels cap.
@@ -183,6 +191,7 @@ class _SparseBasicBlock(nn.Module):
 
     def __init__(self, channels: int, indice_key: str):
         super().__init__()
+        spconv = _spconv()
         self.conv1 = spconv.SubMConv3d(channels, channels, 3, padding=1, bias=False, indice_key=indice_key)
         self.bn1 = nn.BatchNorm1d(channels, **_BN)
         self.conv2 = spconv.SubMConv3d(channels, channels, 3, padding=1, bias=False, indice_key=indice_key)
@@ -211,13 +220,7 @@ class LidarEncoder(nn.Module):
     def __init__(self, config: LidarConfig, grid_lower: Sequence[float], grid_upper: Sequence[float],
                  bev_shape: tuple[int, int]):
         super().__init__()
-        if spconv is None:
-            raise ImportError(
-                "LidarEncoder needs spconv 2.x, which failed to import "
-                f"({type(_SPCONV_ERROR).__name__}: {_SPCONV_ERROR}). Install the wheel matching "
-                f"torch's CUDA (torch {torch.__version__}, CUDA {torch.version.cuda}): "
-                "`pip install spconv-cu118` (or spconv-cu120/cu121/cu124/cu126), or `pip install spconv` "
-                "for a CPU-only build.")
+        spconv = _spconv()
         c = config
         if len(c.voxel_size) != 3 or min(c.voxel_size) <= 0:
             raise ValueError(f"LidarConfig.voxel_size must be 3 positive numbers (x, y, z metres), got {c.voxel_size}")
@@ -278,12 +281,12 @@ class LidarEncoder(nn.Module):
             nn.Conv2d(out_ch * z, c.out_channels, 1, bias=False), nn.BatchNorm2d(c.out_channels), nn.ReLU())
         self.resize = (y, x) != self.bev_shape
         self.out_channels = c.out_channels
-        self._convs = [m for m in self.modules() if isinstance(m, SparseConvolution)]
+        self._convs = [m for m in self.modules() if isinstance(m, spconv.conv.SparseConvolution)]
         self._cuda_algos = [m.algo for m in self._convs]  # spconv's own choice, used on CUDA
 
     def _set_algorithm(self, device: torch.device) -> None:
         for conv, cuda_algo in zip(self._convs, self._cuda_algos):
-            conv.algo = ConvAlgo.Native if device.type == "cpu" else cuda_algo
+            conv.algo = _spconv().ConvAlgo.Native if device.type == "cpu" else cuda_algo
 
     def forward(self, points: Tensor, num_points: Tensor) -> Tensor:
         """points: [B, P, in_channels] float (x, y, z metres in the grid frame, intensity, time lag),
@@ -302,7 +305,7 @@ class LidarEncoder(nn.Module):
             bev = points.new_zeros(B, self.conv_out.bn.num_features * Z, Y, X)
         else:
             self._set_algorithm(points.device)
-            x = spconv.SparseConvTensor(features, indices, list(shape), B)
+            x = _spconv().SparseConvTensor(features, indices, list(shape), B)
             x = self.conv_input(x)
             for stage in self.stages:
                 x = stage(x)
