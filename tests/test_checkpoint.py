@@ -239,3 +239,21 @@ def test_load_into_checks_then_loads():
     with pytest.raises(CheckpointError, match=r"3\.bias: checkpoint \[3\] vs model \[2\]"):
         load_into(target, {k: v + 1 for k, v in bad.items()}, "bad")
     assert all(torch.equal(a, b) for a, b in zip(before, target.state_dict().values()))
+
+
+def test_cuda_generators_are_saved_and_restored_per_device(monkeypatch):
+    # No GPU here: torch.cuda's RNG calls are replaced to check the plumbing (states saved per
+    # device; restored on the CPU-side tensors for the devices both sides have).
+    saved = [torch.full((4,), i, dtype=torch.uint8) for i in range(3)]
+    restored = {}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: saved)
+    monkeypatch.setattr(torch.cuda, "set_rng_state",
+                        lambda t, device: restored.__setitem__(device, t))
+    state = rng_state()
+    assert state["cuda"] is saved
+    set_rng_state(state)
+    assert sorted(restored) == [0, 1]  # the third saved device is absent here
+    assert all(torch.equal(restored[i], saved[i]) and restored[i].device.type == "cpu"
+               for i in restored)
