@@ -20,17 +20,18 @@ from typing import Sequence
 import torch
 import torch.distributed as dist
 
-# The Occ3D facts live in radocc.data.occ3d; re-exported here under the metrics' names.
-from radocc.data.occ3d import CLASS_NAMES as OCC3D_CLASSES
-from radocc.data.occ3d import FREE as OCC3D_FREE
-from radocc.data.occ3d import GRID_LOWER as OCC3D_LOWER
-from radocc.data.occ3d import GRID_SHAPE as OCC3D_SHAPE
-from radocc.data.occ3d import GRID_UPPER as OCC3D_UPPER
+# The Occ3D facts live in radocc.occ3d; re-exported here under the metrics' names.
+from radocc.occ3d import CLASS_NAMES as OCC3D_CLASSES
+from radocc.occ3d import FREE as OCC3D_FREE
+from radocc.occ3d import GRID_LOWER as OCC3D_LOWER
+from radocc.occ3d import GRID_SHAPE as OCC3D_SHAPE
+from radocc.occ3d import GRID_UPPER as OCC3D_UPPER
+from radocc.occ3d import NUM_CLASSES as OCC3D_NUM_CLASSES
 # Input checks shared with the traversal.
 from radocc.raycast import ArrayLike, _as_tensor, _rays, _same_shape, _vector3, traverse
 
 __all__ = [
-    "OCC3D_CLASSES", "OCC3D_FREE", "OCC3D_SHAPE", "OCC3D_LOWER", "OCC3D_UPPER",
+    "OCC3D_CLASSES", "OCC3D_NUM_CLASSES", "OCC3D_FREE", "OCC3D_SHAPE", "OCC3D_LOWER", "OCC3D_UPPER",
     "OccupancyMIoU", "RayIoU", "lidar_ray_directions", "select_lidar_origins",
     "depth_metrics", "DepthMetrics",
 ]
@@ -119,7 +120,7 @@ class OccupancyMIoU:
         class_names: names in label order; defaults to `OCC3D_CLASSES` when num_classes is 18.
     """
 
-    def __init__(self, num_classes: int = 18, free_index: int = OCC3D_FREE,
+    def __init__(self, num_classes: int = OCC3D_NUM_CLASSES, free_index: int = OCC3D_FREE,
                  use_camera_mask: bool = True, class_names: Sequence[str] | None = None) -> None:
         self.class_names = _check_classes(num_classes, free_index, class_names)
         self.num_classes = num_classes
@@ -239,7 +240,7 @@ class RayIoU:
         max_origins, origin_xy_range: origin selection, see `select_lidar_origins`.
     """
 
-    def __init__(self, num_classes: int = 18, free_index: int = OCC3D_FREE,
+    def __init__(self, num_classes: int = OCC3D_NUM_CLASSES, free_index: int = OCC3D_FREE,
                  thresholds: Sequence[float] = (1.0, 2.0, 4.0),
                  lower: Sequence[float] = OCC3D_LOWER, upper: Sequence[float] = OCC3D_UPPER,
                  directions: ArrayLike | None = None, max_origins: int = 8,

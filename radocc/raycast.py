@@ -14,7 +14,7 @@ from typing import NamedTuple, Sequence, Union
 import numpy as np
 import torch
 
-from radocc.data.occ3d import GRID_LOWER, GRID_UPPER
+from radocc.occ3d import GRID_LOWER, GRID_UPPER
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from radocc import _ext
+from radocc.occ3d import FREE, VOXEL_SIZE
 from radocc.render_inputs import RenderOutput, VoxelGrid, prepare_render_inputs
 
 __all__ = ["VoxelGrid", "RenderOutput", "volume_render", "density_from_logits"]
@@ -60,7 +61,7 @@ def volume_render(density: Tensor, origins: Tensor, directions: Tensor,
                         termination if args.edges is not None else None)
 
 
-def density_from_logits(logits: Tensor, free_index: int = 17, voxel_size: float = 0.4) -> Tensor:
+def density_from_logits(logits: Tensor, free_index: int = FREE, voxel_size: float = VOXEL_SIZE) -> Tensor:
     """Density from per-voxel class logits: sigma = -log(p_free) / voxel_size.
 
     A ray crossing a whole voxel (``voxel_size`` metres) then stops inside it with probability

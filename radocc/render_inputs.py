@@ -7,6 +7,8 @@ from typing import NamedTuple, Sequence
 import torch
 from torch import Tensor
 
+from radocc.occ3d import GRID_LOWER, GRID_UPPER
+
 
 @dataclass(frozen=True)
 class VoxelGrid:
@@ -17,8 +19,8 @@ class VoxelGrid:
     ``lower + ((i, j, k) + 0.5) * voxel_size``. The default is Occ3D-nuScenes' ego-frame grid.
     """
 
-    lower: tuple[float, float, float] = (-40.0, -40.0, -1.0)
-    upper: tuple[float, float, float] = (40.0, 40.0, 5.4)
+    lower: tuple[float, float, float] = GRID_LOWER
+    upper: tuple[float, float, float] = GRID_UPPER
 
     def __post_init__(self) -> None:
         for name in ("lower", "upper"):

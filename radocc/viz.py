@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from radocc.occ3d import FREE
+
 # One RGB colour per Occ3D class, index order (the palette common in occupancy papers).
 OCC3D_PALETTE = np.array([
     (0, 0, 0), (255, 120, 50), (255, 192, 203), (255, 255, 0), (0, 150, 245), (0, 255, 255),
@@ -60,7 +62,7 @@ def camera_mosaic(images: dict[str, np.ndarray]) -> np.ndarray:
     return np.concatenate(rows, axis=0)
 
 
-def bev_labels(semantics, free_index: int = 17) -> np.ndarray:
+def bev_labels(semantics, free_index: int = FREE) -> np.ndarray:
     """Top-down view of an occupancy grid [X, Y, Z] (ego frame: x forward, y left, z up).
 
     Returns class ids [X, Y] of the highest occupied voxel of each column (free where none),

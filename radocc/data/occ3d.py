@@ -1,4 +1,7 @@
-"""Occ3D-nuScenes ground truth: the grid, the classes and ``labels.npz`` reading with checks."""
+"""Occ3D-nuScenes ground truth: ``labels.npz`` reading with checks, and voxel indexing of points.
+
+The classes and the grid are defined in :mod:`radocc.occ3d` and re-exported here.
+"""
 
 from __future__ import annotations
 
@@ -10,26 +13,12 @@ import numpy as np
 
 from radocc.data.errors import DataError
 
-CLASS_NAMES: tuple[str, ...] = (
-    "others", "barrier", "bicycle", "bus", "car", "construction_vehicle", "motorcycle",
-    "pedestrian", "traffic_cone", "trailer", "truck", "driveable_surface", "other_flat",
-    "sidewalk", "terrain", "manmade", "vegetation", "free",
+# The Occ3D facts live in radocc.occ3d (importable without the data layer); re-exported here.
+from radocc.occ3d import (  # noqa: F401
+    BARRIER, BICYCLE, BUS, CAR, CLASS_NAMES, CONSTRUCTION_VEHICLE, DRIVEABLE_SURFACE, FREE,
+    GRID_LOWER, GRID_SHAPE, GRID_UPPER, MANMADE, MOTORCYCLE, NUM_CLASSES, OTHER_FLAT, OTHERS,
+    PEDESTRIAN, SIDEWALK, TERRAIN, TRAFFIC_CONE, TRAILER, TRUCK, VEGETATION, VOXEL_SIZE,
 )
-"""Occ3D class names in index order; index 17 is free space."""
-
-NUM_CLASSES = 18
-FREE = 17
-OTHERS, BARRIER, BICYCLE, BUS, CAR, CONSTRUCTION_VEHICLE, MOTORCYCLE, PEDESTRIAN = range(8)
-TRAFFIC_CONE, TRAILER, TRUCK, DRIVEABLE_SURFACE, OTHER_FLAT, SIDEWALK, TERRAIN = range(8, 15)
-MANMADE, VEGETATION = 15, 16
-
-GRID_LOWER: tuple[float, float, float] = (-40.0, -40.0, -1.0)
-"""Lower corner of the Occ3D grid in the ego frame, metres."""
-GRID_UPPER: tuple[float, float, float] = (40.0, 40.0, 5.4)
-"""Upper corner of the Occ3D grid in the ego frame, metres."""
-GRID_SHAPE: tuple[int, int, int] = (200, 200, 16)
-"""Voxels along x, y, z (0.4 m each)."""
-VOXEL_SIZE = 0.4
 
 LABEL_KEYS = ("semantics", "mask_lidar", "mask_camera")
 

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 
 from radocc.models.lidar import LidarConfig
+from radocc.occ3d import GRID_LOWER, GRID_SHAPE, GRID_UPPER, NUM_CLASSES
 
 __all__ = ["CameraConfig", "BEVEncoderConfig", "HeadConfig", "LidarConfig", "ModelConfig",
            "BACKBONES", "HEADS", "MODALITIES"]
@@ -121,10 +122,10 @@ class ModelConfig:
     """
 
     modality: str = "camera"
-    num_classes: int = 18
-    grid_lower: tuple[float, float, float] = (-40.0, -40.0, -1.0)
-    grid_upper: tuple[float, float, float] = (40.0, 40.0, 5.4)
-    grid_shape: tuple[int, int, int] = (200, 200, 16)
+    num_classes: int = NUM_CLASSES
+    grid_lower: tuple[float, float, float] = GRID_LOWER
+    grid_upper: tuple[float, float, float] = GRID_UPPER
+    grid_shape: tuple[int, int, int] = GRID_SHAPE
     camera: CameraConfig = field(default_factory=CameraConfig)
     lidar: LidarConfig = field(default_factory=LidarConfig)
     fusion_channels: int = 256
