@@ -40,9 +40,11 @@ def _render_backward_seconds(trainer, batch: dict[str, Any]) -> float:
 
     c, w = trainer.config, trainer.config.loss
     batch = to_device(batch, trainer.device)
-    with torch.no_grad():
+    with torch.no_grad():  # in eval mode: this extra pass must not move the BatchNorm statistics
         lidar = (batch["points"], batch["num_points"]) if c.model.modality == "fusion" else (None, None)
+        trainer.model.eval()
         s_logits = trainer.model(batch["images"], batch["intrinsics"], batch["cam2ego"], *lidar).logits
+        trainer.model.train()
         t_logits = trainer.teacher(batch["images"], batch["intrinsics"], batch["cam2ego"],
                                    batch["points"], batch["num_points"]).logits
     s_logits = s_logits.float().requires_grad_()

@@ -174,7 +174,7 @@ class ExperimentConfig:
         needs_teacher = {k: getattr(self.loss, k) for k in
                          ("rdc", "rsc", "feature_alignment", "logit_alignment")
                          if getattr(self.loss, k) > 0}
-        if needs_teacher and not self.distills and self.role == "student":
+        if needs_teacher and not self.distills:
             raise ConfigError(f"loss weights {needs_teacher} need a teacher: set teacher.config and "
                               f"teacher.checkpoint, or set those weights to 0")
         if self.loss.rsc_mode not in ("affinity", "kl"):

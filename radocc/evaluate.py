@@ -64,7 +64,8 @@ def evaluate_model(model: OccupancyModel, loader, config: ExperimentConfig, devi
     from radocc.train import render_occupancy, to_device
 
     model.eval()
-    miou, miou_all, depth = OccupancyMIoU(), OccupancyMIoU(), DepthMetrics()
+    miou, miou_all = OccupancyMIoU(), OccupancyMIoU(use_camera_mask=False)
+    depth = DepthMetrics()
     rays = RayIoU() if rayiou else None
     origins = scene_lidar_origins(loader.dataset.base.records) if rayiou else {}
     if save_predictions:

@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from radocc import losses
-from radocc.checkpoint import load_checkpoint, load_into, rng_state, save_checkpoint, set_rng_state
+from radocc.checkpoint import CheckpointError, load_checkpoint, load_into, rng_state, save_checkpoint, set_rng_state
 from radocc.config import ConfigError, ExperimentConfig, load_config, load_model_config, to_dict
 from radocc.data import DataError, DatasetConfig, NuScenesOccDataset, collate
 from radocc.data.rig import CAMERA_NAMES
@@ -363,8 +363,8 @@ class Trainer:
             if self.ema is not None:
                 self.ema.update(self.model)
         self.iteration += 1
-        logged = {name: float(value) for name, value in terms.items()}
-        logged["total"] = float(total)
+        logged = {name: float(value.detach()) for name, value in terms.items()}
+        logged["total"] = float(total.detach())
         if self.writer is not None and c.train.image_every and self.iteration % c.train.image_every == 1:
             self._log_pictures(batch, student, teacher)
         return logged
@@ -390,7 +390,7 @@ class Trainer:
             kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
             raise TrainingError(f"step {self.iteration + 1} (epoch {self.epoch + 1}): loss "
                                 f"{', '.join(repr(b) for b in bad)} is not finite "
-                                f"({', '.join(f'{b}={float(terms[b])}' for b in bad)}); training stopped "
+                                f"({', '.join(f'{b}={float(terms[b].detach())}' for b in bad)}); training stopped "
                                 f"before the update; {kept}")
 
     # ---- epochs, validation, checkpoints
@@ -428,17 +428,17 @@ class Trainer:
         self.train_loader.sampler.set_epoch(self.epoch)
         bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}/{self.config.train.epochs}",
                    disable=not self.progress, unit="it", dynamic_ncols=True)
-        tic = time.perf_counter()
+        tic, logged_at = time.perf_counter(), self.iteration
         for batch in bar:
             logged = self.step(batch)
             bar.set_postfix({k: f"{v:.3g}" for k, v in logged.items()})
             if self.iteration % self.config.train.log_every == 0 or self.iteration == 1:
-                elapsed = time.perf_counter() - tic
-                logged["samples_per_s"] = (self.config.data.batch_size * self.world
-                                           * self.config.train.log_every / max(elapsed, 1e-9))
-                logged["lr"] = self.scheduler.get_last_lr()[0]
-                self._log_scalars({f"train/{k}": v for k, v in logged.items()}, self.iteration)
-                tic = time.perf_counter()
+                steps = self.iteration - logged_at
+                scalars = dict(logged, lr=self.scheduler.get_last_lr()[0],
+                               samples_per_s=self.config.data.batch_size * self.world * steps
+                               / max(time.perf_counter() - tic, 1e-9))
+                self._log_scalars({f"train/{k}": v for k, v in scalars.items()}, self.iteration)
+                tic, logged_at = time.perf_counter(), self.iteration
 
     def eval_model(self) -> OccupancyModel:
         return self.ema.module if self.ema is not None else self.model
@@ -549,7 +549,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.resume:
             trainer.resume(args.resume)
         result = trainer.fit()
-    except (ConfigError, DataError, TrainingError, FileNotFoundError) as exc:
+    except (ConfigError, DataError, TrainingError, CheckpointError, FileNotFoundError) as exc:
         print(f"radocc.train: error: {exc}", file=sys.stderr)
         return 2
     finally:
