@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from radocc.losses import LOSS_WEIGHTS
 from radocc.models.config import ModelConfig
 
 __all__ = [
@@ -74,18 +75,19 @@ class TeacherSection:
 
 @dataclass
 class LossSection:
-    """Loss weights; the defaults are the RadOcc authors' (occupancy 1, RDC 100, RSC 10)."""
+    """Loss weights; the defaults are ``radocc.losses.LOSS_WEIGHTS``, the RadOcc authors'
+    (occupancy 1, RDC 100, RSC 10; depth and the two baselines off)."""
 
-    occupancy: float = 1.0
-    depth: float = 0.0
+    occupancy: float = LOSS_WEIGHTS["occupancy"]
+    depth: float = LOSS_WEIGHTS["depth"]
     """LSS depth BCE against LiDAR (FlashOcc M1 has none; variants use 0.05 or 1.0)."""
-    rdc: float = 100.0
-    rsc: float = 10.0
+    rdc: float = LOSS_WEIGHTS["rdc"]
+    rsc: float = LOSS_WEIGHTS["rsc"]
     rsc_mode: str = "affinity"
     """"affinity" (the paper: segment affinity matrices) or "kl" (the authors' code: per-ray KL)."""
-    feature_alignment: float = 0.0
+    feature_alignment: float = LOSS_WEIGHTS["feature_alignment"]
     """Baseline: MSE between student and teacher BEV features (through a 1x1 adapter)."""
-    logit_alignment: float = 0.0
+    logit_alignment: float = LOSS_WEIGHTS["logit_alignment"]
     """Baseline: KL between teacher and student voxel class distributions (authors' value 10)."""
     class_weights: tuple[float, ...] = ()
     """Per-class cross-entropy weights (K values) or empty for none."""
