@@ -20,7 +20,6 @@ from typing import Any
 
 import torch
 
-from radocc import losses
 from radocc.config import load_config, load_model_config
 from radocc.models import build_model
 
@@ -34,9 +33,9 @@ def _sync(device: torch.device) -> None:
 
 
 def _render_backward_seconds(trainer, batch: dict[str, Any]) -> float:
-    """The backward of rendering + RDC + RSC alone (student logits -> losses): the renderer's share
-    of the step's backward, in seconds."""
-    from radocc.train import render_occupancy, to_device
+    """The backward of rendering + RDC + RSC alone (student logits -> the step's
+    ``RenderDistillLoss``): the renderer's share of the step's backward, in seconds."""
+    from radocc.train import to_device
 
     c, w = trainer.config, trainer.config.loss
     batch = to_device(batch, trainer.device)
@@ -48,14 +47,10 @@ def _render_backward_seconds(trainer, batch: dict[str, Any]) -> float:
         t_logits = trainer.teacher(batch["images"], batch["intrinsics"], batch["cam2ego"],
                                    batch["points"], batch["num_points"]).logits
     s_logits = s_logits.float().requires_grad_()
-    t_render = render_occupancy(t_logits.float(), batch["ray_origins"], batch["ray_directions"], c, trainer.edges)
-    s_render = render_occupancy(s_logits, batch["ray_origins"], batch["ray_directions"], c, trainer.edges)
-    loss = s_logits.new_zeros(())
-    if w.rdc > 0:
-        loss = loss + w.rdc * losses.rdc_loss(s_render.termination, t_render.termination, batch["ray_valid"])
-    if w.rsc > 0:
-        segments = batch.get("ray_segments") if w.rsc_mode == "affinity" else None
-        loss = loss + w.rsc * losses.rsc_loss(s_render.features, t_render.features, segments, mode=w.rsc_mode)
+    loss = trainer.render_loss(
+        s_logits, t_logits, batch["intrinsics"], batch["cam2ego"], pixels=batch["ray_pixels"],
+        valid=batch["ray_valid"],
+        ray_segments=batch.get("ray_segments") if w.rsc_mode == "affinity" else None)["loss"]
     _sync(trainer.device)
     tic = time.perf_counter()
     loss.backward()
@@ -107,7 +102,7 @@ def bench_train_step(config_path: str, overrides: list[str], steps: int = 3, war
         "config": config_path, "overrides": overrides,
         "device": str(trainer.device) if trainer.device.type == "cpu" else torch.cuda.get_device_name(),
         "threads": torch.get_num_threads(), "batch_size": config.data.batch_size,
-        "image_size": list(config.data.image_size), "rays_per_sample": int(batch["ray_origins"].shape[1]),
+        "image_size": list(config.data.image_size), "rays_per_sample": int(batch["ray_pixels"][0, ..., 0].numel()),
         "teacher_weights": teacher_weights, "steps": steps,
         "seconds": median,
         "rendering_seconds": rendering,

@@ -61,7 +61,7 @@ def evaluate_model(model: OccupancyModel, loader, config: ExperimentConfig, devi
     Returns ``{"mIoU", "IoU", "mIoU_no_mask", "IoU_no_mask", "RayIoU", "RayIoU@1", ...,
     "depth": {...}, "num_samples", "protocols": {...}}``; mIoU values are percent.
     """
-    from radocc.train import render_occupancy, to_device
+    from radocc.train import build_render_loss, to_device
 
     model.eval()
     miou, miou_all = OccupancyMIoU(), OccupancyMIoU(use_camera_mask=False)
@@ -71,6 +71,7 @@ def evaluate_model(model: OccupancyModel, loader, config: ExperimentConfig, devi
     if save_predictions:
         Path(save_predictions).mkdir(parents=True, exist_ok=True)
     fusion = config.model.modality == "fusion"
+    renderer = build_render_loss(config).to(device)
     count = 0
     for batch in tqdm(loader, desc="evaluate", unit="sample", disable=not progress):
         batch = to_device(batch, device)
@@ -86,9 +87,12 @@ def evaluate_model(model: OccupancyModel, loader, config: ExperimentConfig, devi
             if save_predictions:
                 np.savez_compressed(Path(save_predictions) / f"{token}.npz",
                                     semantics=pred[b].to(torch.uint8).cpu().numpy())
-        rendered = render_occupancy(logits, batch["ray_origins"], batch["ray_directions"], config)
-        valid = batch["ray_valid"] & (batch["ray_depth"] > 0)
-        depth.update(rendered.depth[valid], batch["ray_depth"][valid])
+        ray_origins, directions, _ = renderer.rays(batch["intrinsics"], batch["cam2ego"],
+                                                   pixels=batch["ray_pixels"])
+        rendered = renderer.render(logits, ray_origins, directions, termination=False,
+                                   features=False)
+        valid = (batch["ray_valid"] & (batch["ray_depth"] > 0)).flatten(1)
+        depth.update(rendered.depth[valid], batch["ray_depth"].flatten(1)[valid])
         count += len(batch["sample_token"])
     result: dict[str, Any] = {}
     cam, full = miou.compute(), miou_all.compute()

@@ -1,7 +1,12 @@
-"""Camera rays for pinhole cameras (OpenCV convention: x right, y down, z forward)."""
+"""Camera rays for pinhole cameras (OpenCV convention: x right, y down, z forward), and the
+lookup of per-pixel maps (LiDAR depth, SAM segment ids) at ray pixels."""
 
 import torch
 from torch import Tensor
+
+SEGMENT_OFFSET = 1 << 16
+"""Camera n's segment ids are offset by n * SEGMENT_OFFSET (SAM ids are 16-bit PNG values), so ids
+are unique across the cameras of a sample."""
 
 
 def pixel_grid(image_size: tuple[int, int], stride: int = 1, *, device=None,
@@ -64,3 +69,67 @@ def camera_rays(intrinsics: Tensor, cam2ego: Tensor, image_size: tuple[int, int]
     directions = directions / directions.norm(dim=-1, keepdim=True)
     origins = cam2ego[..., None, :3, 3].expand_as(directions)
     return origins.reshape(batch, -1, 3), directions.reshape(batch, -1, 3)
+
+
+def pixel_index(pixels: Tensor, image_size: tuple[int, int]) -> Tensor:
+    """Flat row-major index of the pixel containing each point (nearest pixel centre, clamped).
+
+    Args:
+        pixels: [..., 2] (u, v) pixel coordinates (integer values are pixel centres).
+        image_size: (H, W) in pixels.
+    Returns:
+        [...] int64 index ``row * W + col`` into a flattened H x W image.
+    """
+    height, width = image_size
+    col = pixels[..., 0].round().long().clamp(0, width - 1)
+    row = pixels[..., 1].round().long().clamp(0, height - 1)
+    return row * width + col
+
+
+def lookup_pixels(image: Tensor, pixels: Tensor) -> Tensor:
+    """Values of per-pixel maps at pixel coordinates (nearest pixel centre).
+
+    Args:
+        image: [..., H, W] maps (any dtype), e.g. [N, H, W] for N cameras.
+        pixels: [..., P, 2] (u, v) with the same leading dimensions as ``image``.
+    Returns:
+        [..., P] the map values, in ``image``'s dtype.
+    """
+    if image.dim() < 2:
+        raise ValueError(f"image must be [..., H, W], got shape {tuple(image.shape)}")
+    lead = image.shape[:-2]
+    if pixels.dim() != len(lead) + 2 or pixels.shape[:-2] != lead or pixels.shape[-1] != 2:
+        raise ValueError(f"pixels must be [..., P, 2] with leading dimensions {tuple(lead)} "
+                         f"(from image {tuple(image.shape)}), got {tuple(pixels.shape)}")
+    index = pixel_index(pixels, tuple(image.shape[-2:]))  # [..., P]
+    flat = image.reshape(-1, image.shape[-2] * image.shape[-1])
+    return flat.gather(1, index.reshape(flat.shape[0], -1)).reshape(index.shape)
+
+
+def lookup_segments(segments: Tensor, pixels: Tensor, valid: Tensor | None = None) -> Tensor:
+    """Segment ids at ray pixels, made unique across cameras.
+
+    Args:
+        segments: [..., N, H, W] integer segment id maps of N cameras (0 = no segment, ids
+            < ``SEGMENT_OFFSET``), e.g. [B, N, H, W].
+        pixels: [..., N, P, 2] (u, v) ray pixels, same leading dimensions.
+        valid: [..., N, P] bool, rays that count; the others get id 0. None: all.
+    Returns:
+        [..., N, P] int64: ``id + n * SEGMENT_OFFSET`` for camera n, 0 where the pixel has no
+        segment or the ray is not valid.
+    """
+    if segments.dim() < 3 or segments.is_floating_point() or segments.dtype == torch.bool:
+        raise ValueError(f"segments must be integer maps [..., N, H, W], got "
+                         f"{segments.dtype} {tuple(segments.shape)}")
+    ids = lookup_pixels(segments, pixels).long()
+    if ids.numel() and bool(((ids < 0) | (ids >= SEGMENT_OFFSET)).any()):
+        raise ValueError(f"segment ids must be in [0, {SEGMENT_OFFSET}) (16-bit, 0 = no segment), "
+                         f"got values in [{int(ids.min())}, {int(ids.max())}]")
+    camera = torch.arange(ids.shape[-2], device=ids.device)[:, None] * SEGMENT_OFFSET
+    keep = ids > 0
+    if valid is not None:
+        if valid.dtype != torch.bool or valid.shape != ids.shape:
+            raise ValueError(f"valid must be a bool tensor {tuple(ids.shape)} (rays of pixels), "
+                             f"got {valid.dtype} {tuple(valid.shape)}")
+        keep = keep & valid
+    return torch.where(keep, ids + camera, torch.zeros_like(ids))

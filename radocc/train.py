@@ -4,9 +4,11 @@
     torchrun --nproc-per-node G [--nnodes N ...] -m radocc.train CONFIG.toml   (multi-GPU / node)
 
 One training step, read top to bottom in :meth:`Trainer.step`:
-data (images, LiDAR, labels, and the rays prepared by the dataloader workers) -> models (student;
-frozen teacher under no_grad) -> render (teacher and student along the same rays) -> losses
-(occupancy, depth, RDC, RSC, feature / logit alignment) -> backward (clip, AdamW, schedule, EMA).
+data (images, LiDAR, labels, and the ray pixels and lookups prepared by the dataloader workers)
+-> models (student; frozen teacher under no_grad) -> render (teacher and student along the same
+rays) and RDC / RSC (both by :class:`radocc.distill.RenderDistillLoss`, the module other codebases
+use) -> other losses (occupancy, depth, feature / logit alignment) -> backward (clip, AdamW,
+schedule, EMA).
 
 Outputs in the run folder (``--out``, default ``runs/<name>``): ``last.pt`` (every epoch),
 ``best.pt`` (best val mIoU), ``config.toml`` (the resolved config), ``metrics.jsonl`` and
@@ -40,9 +42,9 @@ from radocc.config import ConfigError, ExperimentConfig, load_config, load_model
 from radocc.data import DataError, DatasetConfig, NuScenesOccDataset, collate
 from radocc.data.rig import CAMERA_NAMES
 from radocc.data.targets import RayChoice, camera_depth_image, lss_depth_targets, render_targets
-from radocc.models import ModelOutput, OccupancyModel, build_model, render_density, semantic_features
+from radocc.models import ModelOutput, OccupancyModel, build_model
 
-__all__ = ["Trainer", "TrainingError", "RenderTargetSet", "render_occupancy", "main"]
+__all__ = ["Trainer", "TrainingError", "RenderTargetSet", "build_render_loss", "main"]
 
 
 class TrainingError(RuntimeError):
@@ -142,35 +144,19 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- render
-def depth_edges(config: ExperimentConfig, device: torch.device) -> Tensor:
-    """The D + 1 termination bin edges of RDC, metres."""
-    start, stop, step = config.render.depth_bins
-    return torch.arange(start, stop + step / 2, step, device=device, dtype=torch.float32)
+def build_render_loss(config: ExperimentConfig):
+    """The config's renderer and RDC / RSC losses: a ``radocc.distill.RenderDistillLoss`` over the
+    model's grid with [render]'s bins, step and chunking and [loss]'s weights and RSC mode (the
+    rays are the workers' pixels, so its ``rays_per_image`` / ``stride`` are only its defaults)."""
+    from radocc.distill import RenderDistillLoss  # loads the compiled extension
 
-
-def render_occupancy(logits: Tensor, origins: Tensor, directions: Tensor, config: ExperimentConfig,
-                     edges: Tensor | None = None):
-    """Render voxel logits [B, X, Y, Z, K] along rays [B, R, 3] (ego frame, metres).
-
-    Density comes from the free-class probability (:func:`radocc.models.render_density`), the
-    features are the class distribution given occupied (:func:`radocc.models.semantic_features`),
-    so rendered features [B, R, K - 1] sum to the ray's opacity. Rays are rendered in chunks of
-    ``render.chunk_rays`` when set. Returns a ``radocc.render.RenderOutput``.
-    """
-    from radocc.render import RenderOutput, VoxelGrid, volume_render
-
-    m = config.model
-    grid = VoxelGrid(tuple(m.grid_lower), tuple(m.grid_upper))
-    density, features = render_density(logits, m), semantic_features(logits)
-    step = config.render.step or None
-    chunk = config.render.chunk_rays or origins.shape[1]
-    parts = [volume_render(density, origins[:, i:i + chunk], directions[:, i:i + chunk], features,
-                           grid=grid, step=step, depth_bins=edges)
-             for i in range(0, origins.shape[1], chunk)]
-    if len(parts) == 1:
-        return parts[0]
-    return RenderOutput(*(None if parts[0][j] is None else torch.cat([p[j] for p in parts], dim=1)
-                          for j in range(4)))
+    m, r, w = config.model, config.render, config.loss
+    return RenderDistillLoss((tuple(m.grid_lower), tuple(m.grid_upper)),
+                             depth_bins=tuple(r.depth_bins), step=r.step or None,
+                             rdc_weight=w.rdc, rsc_weight=w.rsc, rsc_mode=w.rsc_mode,
+                             rays_per_image=r.rays_per_image, stride=r.stride,
+                             num_classes=m.num_classes, free_index=m.num_classes - 1,
+                             chunk_rays=r.chunk_rays)
 
 
 # ----------------------------------------------------------------------------- models
@@ -277,7 +263,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, _lr_lambda(o.warmup_iters, self.total_iters, o.min_lr_ratio))
         self.ema = EMA(self.model, o.ema_decay) if o.ema_decay > 0 else None
-        self.edges = depth_edges(config, self.device)
+        self.render_loss = build_render_loss(config).to(self.device)
         self.class_weights = (torch.tensor(config.loss.class_weights, device=self.device)
                               if config.loss.class_weights else None)
         self.epoch, self.iteration, self.best_miou = 0, 0, -math.inf
@@ -319,25 +305,17 @@ class Trainer:
             if self.teacher is not None:
                 with self._phase("teacher_forward"), torch.no_grad():
                     teacher = self.teacher(images, intrinsics, cam2ego, batch["points"], batch["num_points"])
-            # render: teacher and student along the same rays
-            s_render = t_render = None
-            if teacher is not None and (w.rdc > 0 or w.rsc > 0):
-                with self._phase("render"):
-                    s_render = render_occupancy(student.logits, batch["ray_origins"],
-                                                batch["ray_directions"], c, self.edges)
-                    with torch.no_grad():
-                        t_render = render_occupancy(teacher.logits, batch["ray_origins"],
-                                                    batch["ray_directions"], c, self.edges)
-            # losses
+            # render teacher and student along the workers' rays; RDC and RSC (phases "render",
+            # "render_losses")
             terms: dict[str, Tensor] = {}
-            with self._phase("render_losses"):
-                if s_render is not None and w.rdc > 0:
-                    terms["rdc"] = losses.rdc_loss(s_render.termination, t_render.termination,
-                                                   batch["ray_valid"])
-                if s_render is not None and w.rsc > 0:
-                    segments = batch.get("ray_segments") if w.rsc_mode == "affinity" else None
-                    terms["rsc"] = losses.rsc_loss(s_render.features, t_render.features, segments,
-                                                   mode=w.rsc_mode)
+            if teacher is not None and (w.rdc > 0 or w.rsc > 0):
+                rendered = self.render_loss(
+                    student.logits, teacher.logits, intrinsics, cam2ego,
+                    pixels=batch["ray_pixels"], valid=batch["ray_valid"],
+                    ray_segments=batch.get("ray_segments") if w.rsc_mode == "affinity" else None,
+                    timer=self._phase)
+                terms.update({k: rendered[k] for k in ("rdc", "rsc") if k in rendered})
+            # other losses
             with self._phase("other_losses"):
                 terms["occupancy"] = losses.occupancy_loss(student.logits, batch["semantics"],
                                                            batch["mask_camera"], self.class_weights)
@@ -503,7 +481,7 @@ class Trainer:
         for out in (student, teacher):
             if out is None:
                 continue
-            r = render_occupancy(out.logits[:1].float(), origins, directions, self.config)
+            r = self.render_loss.render(out.logits[:1], origins, directions, termination=False)
             shape = (height // stride, width // stride)
             depth = colorize_depth(r.depth[0].view(shape))
             labels = colorize_labels(r.features[0].argmax(-1).view(shape), shade=r.opacity[0].view(shape))

@@ -50,7 +50,7 @@ def test_one_paper_scale_step_on_cpu(segmented_root, tmp_path):
     trainer.train_set.set_epoch(0)
     batch = next(iter(trainer.train_loader))
     assert batch["images"].shape == (1, 6, 3, 256, 704)
-    assert batch["ray_origins"].shape == (1, 6 * 2048, 3)
+    assert batch["ray_pixels"].shape == (1, 6, 2048, 2)
 
     logged = trainer.step(batch)
 

@@ -157,13 +157,11 @@ def lidar_counts(item) -> torch.Tensor:
     return camera.bincount(minlength=len(item["intrinsics"]))
 
 
-def ray_pixels(out: dict, item: dict) -> torch.Tensor:
-    """[N, P, 2] the pixel (u, v) each ray goes through, from its direction."""
-    num_cams = len(item["intrinsics"])
-    directions = out["ray_directions"].view(num_cams, -1, 3)
-    in_camera = directions @ item["cam2ego"][:, :3, :3]  # R^T d, row vectors
-    uvw = in_camera @ item["intrinsics"].transpose(1, 2)
-    return uvw[..., :2] / uvw[..., 2:]
+def rays(out: dict, item: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """origins, directions [N * P, 3] of the rays through the item's ray pixels."""
+    origins, directions = camera_rays(item["intrinsics"][None], item["cam2ego"][None],
+                                      pixels=out["ray_pixels"][None])
+    return origins[0], directions[0]
 
 
 def cdist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -187,13 +185,11 @@ def lookup(image: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
 
 def check_rays(out: dict, item: dict, per_camera: int) -> None:
     num_cams = len(item["intrinsics"])
-    total = num_cams * per_camera
-    assert out["ray_origins"].shape == out["ray_directions"].shape == (total, 3)
-    assert out["ray_valid"].shape == out["ray_depth"].shape == (total,)
+    assert out["ray_pixels"].shape == (num_cams, per_camera, 2)
+    assert out["ray_pixels"].dtype == torch.float32
+    assert out["ray_valid"].shape == out["ray_depth"].shape == (num_cams, per_camera)
     assert out["ray_valid"].dtype == torch.bool and out["ray_depth"].dtype == torch.float32
-    torch.testing.assert_close(out["ray_directions"].norm(dim=-1), torch.ones(total))
-    centres = item["cam2ego"][:, :3, 3].repeat_interleave(per_camera, dim=0)
-    torch.testing.assert_close(out["ray_origins"], centres)  # camera-major, from the camera centres
+    assert "ray_origins" not in out and "ray_directions" not in out  # built in the step
     assert (out["ray_depth"][~out["ray_valid"]] == 0).all()
 
 
@@ -201,13 +197,14 @@ def test_lidar_rays_hit_lidar_points(item):
     out = render_targets(item, RayChoice("lidar", rays_per_image=128), np.random.default_rng(0))
     check_rays(out, item, 128)
     assert lidar_counts(item).min() >= 128 and out["ray_valid"].all()  # enough points: no padding
-    depth = out["ray_depth"]
+    depth = out["ray_depth"].reshape(-1)
     assert (depth > 0.5).all()
-    ends = out["ray_origins"] + depth[:, None] * out["ray_directions"]
+    origins, directions = rays(out, item)
+    ends = origins + depth[:, None] * directions
     nearest = cdist(ends, item["points"][:, :3]).min(dim=1).values
     assert nearest.max() < 0.05
     # ...and those points project inside the ray's camera image
-    pixels = ray_pixels(out, item)
+    pixels = out["ray_pixels"]
     assert (pixels[..., 0] >= 0).all() and (pixels[..., 0] <= IMAGE_SIZE[1] - 1).all()
     assert (pixels[..., 1] >= 0).all() and (pixels[..., 1] <= IMAGE_SIZE[0] - 1).all()
 
@@ -217,10 +214,10 @@ def test_lidar_rays_padding(item):
     per_camera = int(counts.min()) + 50  # at least one camera has fewer LiDAR pixels than that
     out = render_targets(item, RayChoice("lidar", rays_per_image=per_camera), np.random.default_rng(1))
     check_rays(out, item, per_camera)
-    valid = out["ray_valid"].view(-1, per_camera)
+    valid = out["ray_valid"]
     assert valid.sum(dim=1).tolist() == counts.clamp(max=per_camera).tolist()
     assert not valid.all()
-    depth = out["ray_depth"].view(-1, per_camera)
+    depth = out["ray_depth"]
     assert (depth[valid] > 0).all() and (depth[~valid] == 0).all()
 
 
@@ -237,12 +234,12 @@ def test_grid_rays_follow_pixel_grid(item):
     out = render_targets(item, RayChoice("grid", stride=stride, rays_per_image=0), np.random.default_rng(0))
     check_rays(out, item, len(grid))
     assert out["ray_valid"].all()
-    pixels = torch.stack([snap(p, grid) for p in ray_pixels(out, item)])  # [N, G, 2]
+    pixels = torch.stack([snap(p, grid) for p in out["ray_pixels"]])  # [N, G, 2]
     for n in range(len(pixels)):  # every grid pixel exactly once per camera (in a random order)
         assert torch.equal(pixels[n][torch.argsort(pixels[n, :, 1] * 1000 + pixels[n, :, 0])], grid)
     # LiDAR depth at the grid pixels: the nearest return in the pixel containing the grid point
     camera, uv, _, dist = project_points(item["points"], item["intrinsics"], item["cam2ego"], IMAGE_SIZE)
-    expected = lookup(sparse_depth(camera, uv, dist, len(pixels), IMAGE_SIZE), pixels).reshape(-1)
+    expected = lookup(sparse_depth(camera, uv, dist, len(pixels), IMAGE_SIZE), pixels)
     torch.testing.assert_close(out["ray_depth"], expected)
     assert (expected > 0).any() and (expected == 0).any()
 
@@ -252,7 +249,7 @@ def test_grid_rays_subsample_and_pad(item):
     out = render_targets(item, RayChoice("grid", stride=16, rays_per_image=20), np.random.default_rng(0))
     check_rays(out, item, 20)
     assert out["ray_valid"].all()
-    for pixels in ray_pixels(out, item):  # 20 distinct grid pixels per camera
+    for pixels in out["ray_pixels"]:  # 20 distinct grid pixels per camera
         assert snap(pixels, grid).unique(dim=0).shape == (20, 2)
     # more rays than grid pixels: padding. Put a LiDAR return 10 m behind grid pixel 0 of every camera
     # (the pixel the padding repeats): padded rays must still get depth 0. The return is 0.1 px off
@@ -265,11 +262,11 @@ def test_grid_rays_subsample_and_pad(item):
     hit = dict(item, points=torch.cat([item["points"], extra]))
     out = render_targets(hit, RayChoice("grid", stride=16, rays_per_image=64), np.random.default_rng(0))
     check_rays(out, hit, 64)
-    valid = out["ray_valid"].view(-1, 64)
+    valid = out["ray_valid"]
     assert (valid.sum(dim=1) == 60).all()
-    pixel0 = (ray_pixels(out, hit) - grid[0]).norm(dim=-1) < 1e-2  # [N, 64]: pixel 0 and the padding
+    pixel0 = (out["ray_pixels"] - grid[0]).norm(dim=-1) < 1e-2  # [N, 64]: pixel 0 and the padding
     assert (pixel0 & valid).sum(dim=1).tolist() == [1] * num_cams
-    torch.testing.assert_close(out["ray_depth"].view(-1, 64)[pixel0 & valid], torch.full((num_cams,), 10.0))
+    torch.testing.assert_close(out["ray_depth"][pixel0 & valid], torch.full((num_cams,), 10.0))
 
 
 def fake_segments(num_cams: int) -> torch.Tensor:
@@ -292,13 +289,12 @@ def test_segment_ids_are_offset_per_camera(item, choice):
     out = render_targets(dict(item, segments=segments), choice, np.random.default_rng(0))
     ids = out["ray_segments"]
     assert ids.dtype == torch.int64 and ids.shape == out["ray_valid"].shape
-    ids = ids.view(num_cams, -1)
-    pixels = ray_pixels(out, item)
-    if choice.pixels == "grid":  # stride 1: integer pixels, recovered to ~1e-4 px
-        pixels = pixels.round()
-    else:  # the projected LiDAR points the rays were built from
+    pixels = out["ray_pixels"]
+    if choice.pixels == "grid":  # stride 1: integer pixels
+        assert torch.equal(pixels, pixels.round())
+    else:  # the projected LiDAR points
         camera, uv, *_ = project_points(item["points"], item["intrinsics"], item["cam2ego"], IMAGE_SIZE)
-        pixels = torch.stack([snap(p, uv[camera == n]) for n, p in enumerate(pixels)])
+        assert torch.equal(pixels, torch.stack([snap(p, uv[camera == n]) for n, p in enumerate(pixels)]))
     looked_up = lookup(segments, pixels)  # [N, P]
     for n in range(num_cams):
         mine = ids[n][ids[n] > 0]
@@ -317,7 +313,7 @@ def test_padded_rays_have_no_segment(item):
                          np.random.default_rng(0))
     valid = out["ray_valid"]
     assert (~valid).any() and (out["ray_segments"][~valid] == 0).all()
-    cams = torch.arange(len(segments)).repeat_interleave(per_camera)
+    cams = torch.arange(len(segments))[:, None].expand(-1, per_camera)
     assert (out["ray_segments"][valid] == cams[valid] * SEGMENT_OFFSET + 1).all()
 
 
@@ -335,7 +331,7 @@ def test_same_seed_same_rays(item, choice):
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
-    assert not torch.equal(a["ray_directions"], c["ray_directions"])
+    assert not torch.equal(a["ray_pixels"], c["ray_pixels"])
     assert not torch.equal(a["ray_depth"], c["ray_depth"])
 
 

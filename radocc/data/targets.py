@@ -1,11 +1,12 @@
 """Per-sample render and depth targets, prepared in the dataloader workers (not in the step).
 
 For each sample, :func:`render_targets` chooses the pixels whose rays teacher and student are
-rendered along (where LiDAR points project, as the RadOcc authors do, or a strided pixel grid),
-builds those rays with the project's one ray generator (:func:`radocc.rays.camera_rays`) and looks
-up, at the same pixels, the SAM segment ids (offset per camera so they are unique in the sample)
-and the LiDAR depth. :func:`lss_depth_targets` gives the LSS depth supervision (min LiDAR depth per
-16 x 16 patch).
+rendered along (where LiDAR points project, as the RadOcc authors do, or a strided pixel grid) and
+looks up, at the same pixels, the SAM segment ids (offset per camera so they are unique in the
+sample, :func:`radocc.rays.lookup_segments`) and the LiDAR depth. The rays themselves are built in
+the step from these pixels by :class:`radocc.distill.RenderDistillLoss` (with the project's one ray
+generator, :func:`radocc.rays.camera_rays`). :func:`lss_depth_targets` gives the LSS depth
+supervision (min LiDAR depth per 16 x 16 patch).
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from radocc.rays import camera_rays, pixel_grid
+from radocc.rays import SEGMENT_OFFSET, lookup_pixels, lookup_segments, pixel_grid, pixel_index
 
-SEGMENT_OFFSET = 1 << 16
-"""Camera n's segment ids are offset by n * SEGMENT_OFFSET (SAM ids are 16-bit PNG values)."""
+__all__ = ["SEGMENT_OFFSET", "RayChoice", "project_points", "sparse_depth", "lss_depth_targets",
+           "render_targets", "camera_depth_image"]
 
 
 @dataclass(frozen=True)
@@ -76,19 +77,11 @@ def project_points(points: Tensor, intrinsics: Tensor, cam2ego: Tensor,
     return camera, uv[camera, index], z[camera, index], cam[camera, index].norm(dim=-1)
 
 
-def _pixel_index(uv: Tensor, image_size: tuple[int, int]) -> Tensor:
-    """Flat row-major index of the pixel containing each (u, v) (nearest pixel centre)."""
-    height, width = image_size
-    col = uv[:, 0].round().long().clamp(0, width - 1)
-    row = uv[:, 1].round().long().clamp(0, height - 1)
-    return row * width + col
-
-
 def sparse_depth(camera: Tensor, uv: Tensor, depth: Tensor, num_cameras: int,
                  image_size: tuple[int, int]) -> Tensor:
     """[N, H, W] the nearest LiDAR depth per pixel (0 where no point projects)."""
     height, width = image_size
-    flat = camera * (height * width) + _pixel_index(uv, image_size)
+    flat = camera * (height * width) + pixel_index(uv, image_size)
     out = torch.full((num_cameras * height * width,), float("inf"))
     out.scatter_reduce_(0, flat, depth.float(), reduce="amin")
     out[torch.isinf(out)] = 0.0
@@ -122,14 +115,14 @@ def _choose(count: int, wanted: int, rng: np.random.Generator) -> tuple[Tensor, 
 
 
 def render_targets(item: dict, choice: RayChoice, rng: np.random.Generator) -> dict[str, Tensor]:
-    """Rays and per-ray lookups for one dataset item (see ``NuScenesOccDataset``).
+    """Ray pixels and per-ray lookups for one dataset item (see ``NuScenesOccDataset``).
 
     Returns:
-        ray_origins, ray_directions [N * P, 3] (ego frame, metres; unit directions), camera-major;
-        ray_valid [N * P] bool (False for padding when a camera has fewer LiDAR pixels than P);
-        ray_depth [N * P] metres along the ray of the LiDAR return at the pixel (0 = none);
-        ray_segments [N * P] int64 segment id + camera * SEGMENT_OFFSET (0 = no segment), only when
-        the item has ``segments``.
+        ray_pixels [N, P, 2] float32 (u, v) pixels of the N cameras' rays (P = rays per camera);
+        ray_valid [N, P] bool (False for padding when a camera has fewer candidate pixels than P);
+        ray_depth [N, P] metres along the ray of the LiDAR return at the pixel (0 = none);
+        ray_segments [N, P] int64 segment id + camera * SEGMENT_OFFSET (0 = no segment or
+        padding), only when the item has ``segments``.
     """
     images, intrinsics, cam2ego = item["images"], item["intrinsics"], item["cam2ego"]
     num_cams, _, height, width = images.shape
@@ -139,13 +132,13 @@ def render_targets(item: dict, choice: RayChoice, rng: np.random.Generator) -> d
     pixels, valid, depth = [], [], []
     if choice.pixels == "grid":
         grid = pixel_grid(size, choice.stride)
-        lidar = sparse_depth(camera, uv, distance, num_cams, size).view(num_cams, -1)
         wanted = per_camera or len(grid)
-        for n in range(num_cams):
+        for _ in range(num_cams):
             index, ok = _choose(len(grid), wanted, rng)
             pixels.append(grid[index])
             valid.append(ok)
-            depth.append(torch.where(ok, lidar[n, _pixel_index(grid[index], size)], torch.zeros(())))
+        lidar = sparse_depth(camera, uv, distance, num_cams, size)
+        depth_t = lookup_pixels(lidar, torch.stack(pixels))
     elif choice.pixels == "lidar":
         if per_camera <= 0:
             raise ValueError("render.rays_per_image must be > 0 for LiDAR pixels (their count varies)")
@@ -154,23 +147,19 @@ def render_targets(item: dict, choice: RayChoice, rng: np.random.Generator) -> d
             index, ok = _choose(len(mine), per_camera, rng)
             if len(mine):
                 pixels.append(uv[mine[index]])
-                depth.append(torch.where(ok, distance[mine[index]], torch.zeros(())))
+                depth.append(distance[mine[index]])
             else:
                 pixels.append(pixel_grid(size, 1)[:per_camera].clone())
                 depth.append(torch.zeros(per_camera))
             valid.append(ok)
+        depth_t = torch.stack(depth)
     else:
         raise ValueError(f"render pixels must be 'lidar' or 'grid', got {choice.pixels!r}")
-    pixels_t = torch.stack(pixels)  # [N, P, 2]
-    origins, directions = camera_rays(intrinsics[None], cam2ego[None], pixels=pixels_t[None])
-    out = dict(ray_origins=origins[0], ray_directions=directions[0], ray_valid=torch.cat(valid),
-               ray_depth=torch.cat(depth).float())
+    pixels_t, valid_t = torch.stack(pixels).float(), torch.stack(valid)
+    out = dict(ray_pixels=pixels_t, ray_valid=valid_t,
+               ray_depth=torch.where(valid_t, depth_t.float(), torch.zeros(())))
     if "segments" in item:
-        segments = item["segments"].reshape(num_cams, -1)
-        ids = torch.stack([segments[n, _pixel_index(pixels_t[n], size)] for n in range(num_cams)])
-        offset = torch.arange(num_cams)[:, None] * SEGMENT_OFFSET
-        ids = torch.where(ids > 0, ids + offset, torch.zeros_like(ids)).reshape(-1)
-        out["ray_segments"] = torch.where(out["ray_valid"], ids, torch.zeros_like(ids))
+        out["ray_segments"] = lookup_segments(item["segments"], pixels_t, valid_t)
     return out
 
 

@@ -131,18 +131,16 @@ def render_density(logits: Tensor, config: ModelConfig) -> Tensor:
 
 
 def semantic_features(logits: Tensor) -> Tensor:
-    """Per-voxel features to render: the class distribution given occupied.
+    """Per-voxel features to render: the class distribution given occupied (free last).
 
-    softmax over the K - 1 non-free logits, so each voxel's row sums to 1 and the rendered
-    feature sum_i w_i q_i of a ray has row sum equal to its opacity. RadOcc's authors render
-    the raw class logits; probabilities keep the rendered features bounded and make the
-    RSC affinity and any KL on rendered semantics well defined.
+    The renderer's one implementation, :func:`radocc.distill.semantic_features`: softmax over
+    the K - 1 non-free logits, so a ray's rendered features sum to its opacity.
 
     Args:
         logits: [..., K] class logits with free last (e.g. [B, X, Y, Z, K]).
     Returns:
         [..., K - 1] probabilities.
     """
-    if not isinstance(logits, Tensor) or logits.dim() < 1 or logits.shape[-1] < 2:
-        raise ValueError("logits must be a tensor [..., K] with K >= 2 (free last)")
-    return logits[..., :-1].softmax(dim=-1)
+    from radocc.distill import semantic_features as features  # loads the compiled extension
+
+    return features(logits, free_index=-1)
