@@ -8,11 +8,11 @@ PIP := $(PY) -m pip
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 INSTALLED := $(VENV)/.radocc-installed
 
-.PHONY: install test test-all demo bench clean
+.PHONY: install test test-all demo bench sdist-check gpu-check clean
 
 $(VENV)/.torch-installed:
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install "setuptools>=64" wheel ninja
+	$(PIP) install "setuptools>=77" wheel ninja
 	$(PIP) install $(TORCH_PINS)
 	touch $@
 
@@ -38,6 +38,22 @@ demo: install
 
 bench: install
 	$(PY) -m radocc.bench render
+
+# The source distribution: builds it, checks what it carries, installs it in a fresh venv under /tmp
+# (torch, torchvision, setuptools, wheel, ninja, then `pip install radocc-*.tar.gz
+# --no-build-isolation`) and compares a render there with this install (tests/test_packaging.py).
+# The fresh install compiles the CPU kernels only, RADOCC_NO_CUDA=1, about 2 minutes in all;
+# `RADOCC_NO_CUDA=0 make sdist-check` also compiles the CUDA kernels when nvcc is found (longer).
+sdist-check: install
+	$(PY) -m pytest tests/test_packaging.py -q -s
+
+# The whole CUDA path, on a machine with a GPU: build, every CUDA test, the CUDA render benchmarks,
+# one distillation train step, one summary (outputs/gpu-check/). Without a GPU it says so and fails
+# before building anything.
+gpu-check: $(VENV)/.torch-installed
+	$(PY) -m radocc.gpu_check --preflight
+	$(MAKE) install
+	$(PY) -m radocc.gpu_check --out outputs/gpu-check
 
 clean:
 	rm -rf build radocc/_C*.so radocc/_build_info.json $(INSTALLED)

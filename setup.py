@@ -15,14 +15,26 @@ import subprocess
 import sys
 from pathlib import Path
 
-from setuptools import find_packages, setup
+from setuptools import setup
 
-MIN_TORCH = (2, 4)
 ROOT = Path(__file__).parent.resolve()
 
 
 def _fail(message: str) -> None:
     sys.exit(f"\nradocc build error: {message}\n")
+
+
+def _min_torch() -> tuple[int, ...]:
+    """torch's minimum version, read from pyproject.toml's [project] dependencies (its one place)."""
+    deps = re.search(r"^dependencies\s*=\s*\[(.*?)^\]", (ROOT / "pyproject.toml").read_text(),
+                     re.MULTILINE | re.DOTALL)
+    found = re.search(r"[\"']torch>=([0-9.]+)[\"']", deps.group(1)) if deps else None
+    if found is None:
+        _fail("pyproject.toml's [project] dependencies must name torch as \"torch>=X.Y\"")
+    return tuple(int(v) for v in found.group(1).split("."))
+
+
+MIN_TORCH = _min_torch()
 
 
 def _find_cuda_home() -> str | None:
@@ -47,18 +59,10 @@ def _find_cuda_home() -> str | None:
     return next((c for c in candidates if is_toolkit(c)), None)
 
 
-def _with_cuda() -> bool:
-    if os.environ.get("RADOCC_NO_CUDA", "0") not in ("", "0"):
-        return False
-    cuda_home = _find_cuda_home()
-    if cuda_home is None:
-        return False
-    # torch.utils.cpp_extension reads CUDA_HOME once, at import.
-    os.environ["CUDA_HOME"] = cuda_home
-    return True
-
-
-WITH_CUDA = _with_cuda()
+NO_CUDA = os.environ.get("RADOCC_NO_CUDA", "0") not in ("", "0")
+CUDA_HOME = None if NO_CUDA else _find_cuda_home()  # RADOCC_NO_CUDA=1: not even looked for
+if CUDA_HOME is not None:
+    os.environ["CUDA_HOME"] = CUDA_HOME  # torch.utils.cpp_extension reads it once, at import
 
 try:
     import torch
@@ -69,18 +73,28 @@ except ImportError:
 
 if tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) < MIN_TORCH:
     _fail(f"radocc needs torch >= {'.'.join(map(str, MIN_TORCH))}, found {torch.__version__}.")
-if WITH_CUDA and torch.version.cuda is None:
+
+NVCC = str(Path(CUDA_HOME) / "bin" / "nvcc") if CUDA_HOME else None
+_release = re.search(r"release (\d+)\.(\d+)", subprocess.run(
+    [NVCC, "--version"], capture_output=True, text=True).stdout) if NVCC else None
+NVCC_VERSION = f"{_release.group(1)}.{_release.group(2)}" if _release else None
+
+# Why the CUDA kernels are not built (None: they are); recorded in _build_info.json.
+if NO_CUDA:
+    CUDA_SKIPPED = "RADOCC_NO_CUDA=1 was set"
+elif CUDA_HOME is None:
+    CUDA_SKIPPED = "no CUDA toolkit was found (nvcc on PATH, CUDA_HOME, /usr/local/cuda)"
+elif torch.version.cuda is None:
     print("radocc: torch is a CPU-only build; building the CPU kernels only.", file=sys.stderr)
-    WITH_CUDA = False
-if WITH_CUDA:
-    _nvcc = subprocess.run([os.path.join(os.environ["CUDA_HOME"], "bin", "nvcc"), "--version"],
-                           capture_output=True, text=True).stdout
-    _found = re.search(r"release (\d+)\.(\d+)", _nvcc)
-    if _found and _found.group(1) != torch.version.cuda.split(".")[0]:
-        _fail(f"the CUDA toolkit at {os.environ['CUDA_HOME']} is CUDA {_found.group(1)}."
-              f"{_found.group(2)} but torch {torch.__version__} was built with CUDA "
-              f"{torch.version.cuda}; their major versions must match. Point CUDA_HOME at a "
-              "matching toolkit, or set RADOCC_NO_CUDA=1 to build the CPU kernels only.")
+    CUDA_SKIPPED = f"torch {torch.__version__} is a CPU-only build"
+else:
+    CUDA_SKIPPED = None
+    if _release and _release.group(1) != torch.version.cuda.split(".")[0]:
+        _fail(f"the CUDA toolkit at {CUDA_HOME} is CUDA {NVCC_VERSION} but torch "
+              f"{torch.__version__} was built with CUDA {torch.version.cuda}; their major "
+              "versions must match. Point CUDA_HOME at a matching toolkit, or set "
+              "RADOCC_NO_CUDA=1 to build the CPU kernels only.")
+WITH_CUDA = CUDA_SKIPPED is None
 
 
 def extension_kwargs(with_cuda: bool) -> dict:
@@ -104,7 +118,8 @@ def extension_kwargs(with_cuda: bool) -> dict:
 class Build(BuildExtension):
     """Builds in ./build (so that ninja recompiles only what changed, even under pip's editable
     installs, which would use a fresh temporary folder) and records what the library was built
-    against, so that import can spot a torch mismatch."""
+    against beside it, so that import can spot a torch mismatch and ``python -m radocc.info``
+    can say how it was built."""
 
     def finalize_options(self) -> None:
         super().finalize_options()
@@ -113,32 +128,28 @@ class Build(BuildExtension):
 
     def run(self) -> None:
         super().run()
-        info = {"torch": torch.__version__, "cuda": torch.version.cuda if WITH_CUDA else None}
-        (ROOT / "radocc" / "_build_info.json").write_text(json.dumps(info) + "\n")
+        info = {
+            "radocc": self.distribution.get_version(),
+            "python": ".".join(map(str, sys.version_info[:3])),
+            "torch": torch.__version__,
+            "cuda": torch.version.cuda if WITH_CUDA else None,
+            "with_cuda": WITH_CUDA,
+            "cuda_skipped": CUDA_SKIPPED,
+            "nvcc": NVCC,
+            "nvcc_version": NVCC_VERSION,
+            "cuda_arch_list": os.environ.get("TORCH_CUDA_ARCH_LIST") if WITH_CUDA else None,
+        }
+        # Beside the library: the source tree for editable installs, build/lib for wheels.
+        target = Path(self.get_ext_fullpath("radocc._C")).with_name("_build_info.json")
+        target.write_text(json.dumps(info, indent=1) + "\n")
 
 
 Extension = CUDAExtension if WITH_CUDA else CppExtension
 print(f"radocc: building the CPU kernels{' and the CUDA kernels' if WITH_CUDA else ''} "
       f"against torch {torch.__version__}", file=sys.stderr)
 
+# Name, version, dependencies and package list are in pyproject.toml.
 setup(
-    name="radocc",
-    version="0.1.0",
-    description="Rendering-assisted cross-modal distillation for 3D occupancy prediction",
-    python_requires=">=3.10",
-    packages=find_packages(include=["radocc", "radocc.*"]),
-    package_data={"radocc": ["_build_info.json"]},
     ext_modules=[Extension("radocc._C", **extension_kwargs(WITH_CUDA))],
     cmdclass={"build_ext": Build.with_options(use_ninja=True)},
-    install_requires=[
-        f"torch>={'.'.join(map(str, MIN_TORCH))}", "torchvision", "numpy", "tqdm", "pillow",
-        "segment-anything>=1.0", "scikit-image>=0.21", "tensorboard",
-        "nuscenes-devkit==1.2.0",  # pins numpy < 2
-    ],
-    extras_require={
-        "dev": ["pytest", "hypothesis", "nerfacc==0.5.3", "ninja"],
-        # The teacher's LiDAR branch. spconv-cu118 also runs on the CPU (ConvAlgo.Native); on a
-        # GPU machine, install the spconv-cu1xx wheel that matches your CUDA instead.
-        "lidar": ["spconv-cu118"],
-    },
 )
