@@ -2,8 +2,10 @@
 
     python -m radocc.bench render [--device cpu|cuda] [--json] [--fraction F] [--repeats N]
     python -m radocc.bench train-step CONFIG [--set key=value ...] [--steps N] [--json]
+    python -m radocc.bench infer CONFIG [--checkpoint PATH] [--device cpu|cuda] [--json]
 
 ``train-step`` times one training step of a config by phase (see :mod:`radocc.bench_train`).
+``infer`` times inference (batch 1) of a config's teacher and student (see :mod:`radocc.bench_infer`).
 
 ``render`` times forward + backward of exact-traversal rendering on workload W: the Occ3D grid
 (200 x 200 x 16) with 18 feature channels and 6 cameras of a nuScenes rig at the grid centre,
@@ -210,7 +212,30 @@ def main(argv: list[str] | None = None) -> int:
                       help="override a config value (repeatable), e.g. data.root=outputs/synthetic")
     step.add_argument("--steps", type=int, default=3, help="timed steps (median reported)")
     step.add_argument("--json", action="store_true", help="print one JSON object")
+    infer = sub.add_parser("infer", help="inference ms/frame and frames/s of teacher and student")
+    infer.add_argument("config", help="experiment config (.toml)")
+    infer.add_argument("--checkpoint", default=None, help="weights of the config's model (default random)")
+    infer.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    infer.add_argument("--warmup", type=int, default=3, help="untimed runs first")
+    infer.add_argument("--repeats", type=int, default=10, help="timed runs (median reported)")
+    infer.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config value (repeatable)")
+    infer.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
+    if args.bench == "infer":
+        from radocc.bench_infer import bench_infer, print_infer
+
+        try:
+            result = bench_infer(args.config, args.checkpoint, args.device, args.warmup,
+                                 args.repeats, args.set)
+        except (ValueError, FileNotFoundError) as exc:  # ConfigError, CheckpointError included
+            print(f"radocc.bench infer: error: {exc}", file=sys.stderr)
+            return 2
+        if args.json:
+            print(json.dumps(result))
+        else:
+            print_infer(result)
+        return 0
     if args.bench == "train-step":
         from radocc.bench_train import bench_train_step, print_train_step
 

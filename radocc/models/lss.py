@@ -6,6 +6,15 @@ frame from the intrinsics and cam2ego (which carry the image and BEV augmentatio
 falls into a voxel of the BEV grid (x, y and ``bev_z_bins`` heights), and the voxel feature is the
 sum over its points of depth probability x context (BEVPoolv2: the ranks depend on geometry only,
 so they are computed once per forward without gradient; the sum is one ``index_add_``).
+
+The model pools with :func:`voxel_cells` + :func:`splat`: every frustum point keeps its slot and a
+point outside the grid box is sent to one extra "trash" cell that is cut off afterwards, so every
+shape is static (no ``nonzero``, no boolean indexing) and the model exports to ONNX.
+:func:`voxel_ranks` + :func:`bev_pool` are BEVPoolv2's sparse form of the same sum (kept points only);
+both add the kept points in the same order (on the CPU the outputs are bit-identical; gradients
+agree to float rounding). The price is work on the points outside the box: the pooling's forward +
+backward at paper scale (6 x 88 x 16 x 44 points, 64 channels) takes about 0.24 s instead of 0.17 s
+on one CPU thread.
 """
 
 from __future__ import annotations
@@ -15,8 +24,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-__all__ = ["frustum", "frustum_to_ego", "PoolRanks", "voxel_ranks", "bev_pool",
-           "LSSViewTransform"]
+__all__ = ["frustum", "frustum_to_ego", "PoolRanks", "voxel_cells", "voxel_ranks", "bev_pool",
+           "splat", "LSSViewTransform"]
 
 
 def frustum(image_size: tuple[int, int], feature_size: tuple[int, int],
@@ -76,11 +85,36 @@ class PoolRanks(NamedTuple):
 
 
 @torch.no_grad()
-def voxel_ranks(points: Tensor, grid_lower, grid_upper, bev_shape: tuple[int, int, int]) -> PoolRanks:
-    """Voxelises ego-frame frustum points; points outside the grid box are dropped.
+def voxel_cells(points: Tensor, grid_lower, grid_upper, bev_shape: tuple[int, int, int]) -> Tensor:
+    """The cell of every frustum point in the flattened [B, Z, Y, X] volume (static shape).
 
-    Voxel indices use floor, so a point just below the lower bound is dropped (not put in
+    Voxel indices use floor, so a point just below the lower bound is outside (not put in
     cell 0, as a ``.long()`` truncation would).
+
+    Args:
+        points: [B, N, D, h, w, 3] ego-frame points, metres (from :func:`frustum_to_ego`).
+        grid_lower, grid_upper: (x, y, z) box corners, metres.
+        bev_shape: (Z, Y, X) cells of the pooled volume.
+    Returns:
+        [B * N * D * h * w] int64: b*ZYX + z*YX + y*X + x for a point inside the box, and
+        B * Z * Y * X (one past the last cell: the trash cell) for a point outside.
+    """
+    batch = points.shape[0]
+    z_size, y_size, x_size = bev_shape
+    shape_xyz = torch.tensor([x_size, y_size, z_size], device=points.device)
+    lower = torch.tensor(grid_lower, device=points.device, dtype=points.dtype)
+    size = (torch.tensor(grid_upper, device=points.device, dtype=points.dtype) - lower) / shape_xyz
+    index = torch.floor((points.reshape(batch, -1, 3) - lower) / size).long()   # [B, NDhw, 3] xyz
+    keep = ((index >= 0) & (index < shape_xyz)).all(dim=-1)
+    b = torch.arange(batch, device=points.device).view(batch, 1)
+    cells = ((b * z_size + index[..., 2]) * y_size + index[..., 1]) * x_size + index[..., 0]
+    return torch.where(keep, cells, batch * z_size * y_size * x_size).reshape(-1)
+
+
+@torch.no_grad()
+def voxel_ranks(points: Tensor, grid_lower, grid_upper, bev_shape: tuple[int, int, int]) -> PoolRanks:
+    """BEVPoolv2's ranks of the points inside the grid box (see :func:`voxel_cells`); points
+    outside the box are dropped.
 
     Args:
         points: [B, N, D, h, w, 3] ego-frame points, metres (from :func:`frustum_to_ego`).
@@ -90,21 +124,14 @@ def voxel_ranks(points: Tensor, grid_lower, grid_upper, bev_shape: tuple[int, in
         PoolRanks of the P points inside the box.
     """
     batch, cams, depth, h, w, _ = points.shape
-    shape_xyz = torch.tensor(bev_shape[::-1], device=points.device)
-    lower = torch.tensor(grid_lower, device=points.device, dtype=points.dtype)
-    size = (torch.tensor(grid_upper, device=points.device, dtype=points.dtype) - lower) / shape_xyz
-    index = torch.floor((points.reshape(-1, 3) - lower) / size).long()          # [BNDhw, 3] xyz
-    keep = ((index >= 0) & (index < shape_xyz)).all(dim=-1)
-    ranks_depth = keep.nonzero().squeeze(1)
-    index = index[ranks_depth]
+    cells = voxel_cells(points, grid_lower, grid_upper, bev_shape)
+    ranks_depth = (cells < batch * bev_shape[0] * bev_shape[1] * bev_shape[2]).nonzero().squeeze(1)
     per_batch = cams * depth * h * w
     b = ranks_depth // per_batch
     n = ranks_depth // (depth * h * w) % cams
     pixel = ranks_depth % (h * w)
-    z_size, y_size, x_size = bev_shape
-    ranks_bev = ((b * z_size + index[:, 2]) * y_size + index[:, 1]) * x_size + index[:, 0]
     ranks_feat = (b * cams + n) * (h * w) + pixel
-    return PoolRanks(ranks_bev, ranks_depth, ranks_feat)
+    return PoolRanks(cells[ranks_depth], ranks_depth, ranks_feat)
 
 
 def bev_pool(depth: Tensor, context: Tensor, ranks: PoolRanks, bev_shape: tuple[int, int, int]) -> Tensor:
@@ -123,6 +150,25 @@ def bev_pool(depth: Tensor, context: Tensor, ranks: PoolRanks, bev_shape: tuple[
     values = depth.reshape(-1)[ranks.ranks_depth, None] * context.reshape(-1, channels)[ranks.ranks_feat]
     out = context.new_zeros(batch * cells, channels).index_add_(0, ranks.ranks_bev, values)
     return out.view(batch, *bev_shape, channels).permute(0, 4, 1, 2, 3)
+
+
+def splat(depth: Tensor, context: Tensor, cells: Tensor, bev_shape: tuple[int, int, int]) -> Tensor:
+    """:func:`bev_pool` over every frustum point with static shapes (exports to ONNX).
+
+    Args:
+        depth: [B, N, D, h, w] depth probabilities.
+        context: [B, N, h, w, C] context features (channels last).
+        cells: [B * N * D * h * w] from :func:`voxel_cells` (B * Z * Y * X = outside the box).
+        bev_shape: (Z, Y, X).
+    Returns:
+        [B, C, Z, Y, X]; cells no point reaches are 0. Autograd gives the backward (points
+        outside the box get no gradient).
+    """
+    batch, channels = depth.shape[0], context.shape[-1]
+    cells_per_batch = bev_shape[0] * bev_shape[1] * bev_shape[2]
+    values = (depth[..., None] * context[:, :, None]).reshape(-1, channels)   # [BNDhw, C]
+    out = context.new_zeros(batch * cells_per_batch + 1, channels).index_add_(0, cells, values)
+    return out[:-1].view(batch, *bev_shape, channels).permute(0, 4, 1, 2, 3)
 
 
 class LSSViewTransform(nn.Module):
@@ -166,7 +212,7 @@ class LSSViewTransform(nn.Module):
         depth = out[:, :self.num_depth].softmax(dim=1).view(batch, cams, self.num_depth, h, w)
         context = out[:, self.num_depth:].view(batch, cams, self.context_channels, h, w)
         geometry = self.geometry(image_size, (h, w), intrinsics.float(), cam2ego.float())
-        ranks = voxel_ranks(geometry, self.grid_lower, self.grid_upper, self.bev_shape)
+        cells = voxel_cells(geometry, self.grid_lower, self.grid_upper, self.bev_shape)
         # Pool in float32 even under autocast: each cell sums hundreds of products.
-        bev = bev_pool(depth.float(), context.permute(0, 1, 3, 4, 2).float(), ranks, self.bev_shape)
+        bev = splat(depth.float(), context.permute(0, 1, 3, 4, 2).float(), cells, self.bev_shape)
         return bev.flatten(1, 2), depth

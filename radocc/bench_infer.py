@@ -1,0 +1,155 @@
+"""``python -m radocc.bench infer CONFIG``: inference speed of a config's teacher and student.
+
+Times the forward pass (``torch.inference_mode``, batch 1, float32) of the config's model and, for
+a student config with a ``[teacher]``, of its teacher, on the current device after warm-up runs;
+reports the median of the timed runs as ms per frame and frames/s. Inputs are synthetic but of the
+real sizes: random images of ``data.image_size`` from the nuScenes rig (six cameras, or the count
+``data.cameras`` names) and, for a camera + LiDAR model, one nuScenes-like LiDAR sweep (32 beams x
+1085 azimuths hitting the ground or an obstacle 3-60 m away, about 34,700 points). The cost does not
+depend on the weights: the config's model loads ``--checkpoint`` when given (checked against the
+model) and is random otherwise; the teacher loads its ``teacher.checkpoint`` when that file exists.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from radocc.checkpoint import load_checkpoint, load_into
+from radocc.config import load_config, load_model_config
+from radocc.models import ModelConfig, OccupancyModel, build_model
+
+__all__ = ["frame_inputs", "time_model", "bench_infer", "print_infer"]
+
+LIDAR_AZIMUTHS = 1085  # x 32 beams = 34,720 points, one nuScenes sweep
+
+
+def frame_inputs(config: ModelConfig, image_size: tuple[int, int], num_cameras: int,
+                 device: torch.device, seed: int = 0) -> dict[str, torch.Tensor]:
+    """One frame (batch 1) of model inputs on ``device``.
+
+    Returns:
+        {"images" [1, N, 3, H, W], "intrinsics" [1, N, 3, 3], "cam2ego" [1, N, 4, 4]} and for a
+        fusion model also "points" [1, P, 5] (x, y, z metres ego frame, intensity, 0) and
+        "num_points" [1].
+    """
+    from radocc.data.geometry import make_transform
+    from radocc.data.rig import LIDAR, camera_matrices, lidar_beam_directions
+
+    rng = np.random.default_rng(seed)
+    intrinsics, cam2ego = camera_matrices(image_size)
+    index = np.arange(num_cameras) % len(intrinsics)  # more cameras than the rig's six: repeat
+    inputs = {
+        "images": torch.from_numpy(rng.random((1, num_cameras, 3, *image_size), np.float32)),
+        "intrinsics": torch.from_numpy(intrinsics[index]).float()[None],
+        "cam2ego": torch.from_numpy(cam2ego[index]).float()[None],
+    }
+    if config.modality == "fusion":
+        directions, _ = lidar_beam_directions(LIDAR_AZIMUTHS)
+        lidar2ego = make_transform(LIDAR.rotation, LIDAR.translation)
+        rays = directions @ lidar2ego[:3, :3].T                       # ego frame
+        origin = lidar2ego[:3, 3]
+        ground = np.where(rays[:, 2] < -1e-6, -origin[2] / np.minimum(rays[:, 2], -1e-6), np.inf)
+        distance = np.minimum(ground, rng.uniform(3.0, 60.0, len(rays)))
+        xyz = origin + rays * distance[:, None]
+        points = np.concatenate([xyz, rng.random((len(xyz), 1)), np.zeros((len(xyz), 1))], axis=1)
+        inputs["points"] = torch.from_numpy(points).float()[None]
+        inputs["num_points"] = torch.tensor([len(points)])
+    return {k: v.to(device) for k, v in inputs.items()}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.inference_mode()
+def time_model(model: OccupancyModel, inputs: dict[str, torch.Tensor], warmup: int = 3,
+               repeats: int = 10) -> list[float]:
+    """Seconds of each of ``repeats`` forward passes after ``warmup`` untimed ones."""
+    device = inputs["images"].device
+    lidar = (inputs["points"], inputs["num_points"]) if "points" in inputs else ()
+    times = []
+    for i in range(warmup + repeats):
+        _sync(device)
+        tic = time.perf_counter()
+        model(inputs["images"], inputs["intrinsics"], inputs["cam2ego"], *lidar)
+        _sync(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - tic)
+    return times
+
+
+def _weights(model: OccupancyModel, checkpoint: str | None, what: str) -> str:
+    if not checkpoint:
+        return "random"
+    state = load_checkpoint(checkpoint)
+    load_into(model, state.get("ema") or state["model"], f"{what} checkpoint {checkpoint}")
+    return checkpoint
+
+
+def bench_infer(config_path: str, checkpoint: str | None = None, device: str = "cpu",
+                warmup: int = 3, repeats: int = 10, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Median inference time of the config's model (and its teacher), batch 1.
+
+    Returns:
+        {"config", "device", "threads", "image_size", "cameras", "warmup", "repeats",
+        "models": [{"role", "modality", "weights", "parameters", "ms_per_frame",
+        "frames_per_second", "ms_min", "ms_max"}, ...]} (the teacher first when there is one).
+    Raises:
+        ValueError: a bad device, warmup or repeats; the errors of ``load_config`` and of
+            checkpoint loading.
+    """
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda': no CUDA device is available")
+    if warmup < 0 or repeats < 1:
+        raise ValueError(f"warmup must be >= 0 and repeats >= 1, got {warmup} and {repeats}")
+    config = load_config(config_path, overrides)
+    dev = torch.device(device)
+    cameras = len(config.data.cameras) or 6
+    runs: list[tuple[str, ModelConfig, str | None]] = []
+    if config.teacher.config:
+        teacher_checkpoint = config.teacher.checkpoint
+        runs.append(("teacher", load_model_config(config.teacher.config),
+                     teacher_checkpoint if os.path.isfile(teacher_checkpoint) else None))
+    runs.append((config.role, config.model, checkpoint))
+    models = []
+    for role, model_config, weights in runs:
+        model = build_model(model_config)
+        source = _weights(model, weights, role)
+        model = model.to(dev).eval()
+        inputs = frame_inputs(model_config, config.data.image_size, cameras, dev)
+        ms = [1000 * t for t in time_model(model, inputs, warmup, repeats)]
+        median = statistics.median(ms)
+        models.append({"role": role, "modality": model_config.modality, "weights": source,
+                       "parameters": sum(p.numel() for p in model.parameters()),
+                       "ms_per_frame": median, "frames_per_second": 1000 / median,
+                       "ms_min": min(ms), "ms_max": max(ms)})
+        del model, inputs
+    return {"config": config_path, "overrides": list(overrides),
+            "device": "cpu" if dev.type == "cpu" else torch.cuda.get_device_name(dev),
+            "threads": torch.get_num_threads(), "image_size": list(config.data.image_size),
+            "cameras": cameras, "grid_shape": list(config.model.grid_shape),
+            "warmup": warmup, "repeats": repeats, "models": models}
+
+
+def print_infer(result: dict[str, Any]) -> None:
+    """The result of :func:`bench_infer` as a table."""
+    h, w = result["image_size"]
+    print(f"config: {result['config']} {' '.join(result['overrides'])}".rstrip())
+    print(f"device: {result['device']} ({result['threads']} threads); batch 1, {result['cameras']} "
+          f"cameras {h}x{w}, grid {'x'.join(map(str, result['grid_shape']))}; median of "
+          f"{result['repeats']} runs after {result['warmup']} warm-up, float32")
+    print(f"{'model':10} {'modality':9} {'params':>9} {'ms/frame':>10} {'frames/s':>9} "
+          f"{'min ms':>8} {'max ms':>8}  weights")
+    for m in result["models"]:
+        print(f"{m['role']:10} {m['modality']:9} {m['parameters'] / 1e6:8.2f}M "
+              f"{m['ms_per_frame']:10.1f} {m['frames_per_second']:9.2f} {m['ms_min']:8.1f} "
+              f"{m['ms_max']:8.1f}  {m['weights']}")
