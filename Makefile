@@ -17,7 +17,7 @@ $(VENV)/.torch-installed:
 	touch $@
 
 $(INSTALLED): $(VENV)/.torch-installed setup.py pyproject.toml $(wildcard csrc/*)
-	$(PIP) install -e ".[dev,lidar]" --no-build-isolation
+	$(PIP) install -e ".[dev,lidar,export]" --no-build-isolation
 	touch $@
 
 install: $(INSTALLED)
