@@ -4,7 +4,7 @@
 - `depth_loss`: BEVDet's binary cross-entropy on the LSS depth distribution.
 - `rdc_loss`: Rendered Depth Consistency, KL(teacher || student) of ray termination distributions.
 - `rsc_loss`: Rendered Semantic Consistency, segment affinity alignment (the paper) or per-ray KL
-  of the rendered class distributions (the authors' code).
+  of the rendered class distributions (the authors' code); `segment_affinity` is its matrix.
 - `feature_alignment_loss` / `FeatureAlignment`, `logit_alignment_loss`: the plain BEV feature and
   voxel logit distillation baselines.
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "LOSS_WEIGHTS", "RSC_MODES",
-    "occupancy_loss", "depth_loss", "rdc_loss", "rsc_loss",
+    "occupancy_loss", "depth_loss", "rdc_loss", "rsc_loss", "segment_affinity", "SegmentAffinity",
     "feature_alignment_loss", "FeatureAlignment", "logit_alignment_loss",
 ]
 
@@ -276,28 +276,85 @@ def _segment_means(features: Tensor, slot: Tensor, counts: Tensor, slots: int) -
     return sums / counts.clamp_min(1).unsqueeze(-1).to(features.dtype)
 
 
-def _affinity_loss(student: Tensor, teacher: Tensor, segment_ids: Tensor) -> Tensor:
+class _Slots(NamedTuple):
+    """The segments of a batch of rays, compacted into a padded [B, K_max] layout."""
+
+    keep: Tensor     # [B, R] bool, rays inside a segment (id != 0)
+    slot: Tensor     # [M] slot (b * K_max + k) of each kept ray
+    counts: Tensor   # [B * K_max] rays per slot
+    ids: Tensor      # [B, K_max] int64 segment id of each slot (0 where absent)
+    present: Tensor  # [B, K_max] bool, slots holding a segment
+
+
+def _segment_slots(segment_ids: Tensor) -> _Slots:
+    """Compact (batch item, id) pairs: segments numbered 0..K_b-1 per item, in increasing id."""
     batch, rays = segment_ids.shape
     keep = segment_ids != 0
     item = torch.arange(batch, device=segment_ids.device).unsqueeze(1).expand(batch, rays)[keep]
-    # Compact (batch item, id) pairs: segments are numbered 0..S-1, grouped by batch item.
     pairs, inverse = torch.unique(torch.stack([item, segment_ids[keep]], 1), dim=0,
                                   return_inverse=True)
     per_item = torch.bincount(pairs[:, 0], minlength=batch)  # K_b, segments per batch item
     k_max = int(per_item.max()) if batch else 0
-    # Slot of each segment in a padded [B, K_max] layout.
-    local = inverse - (per_item.cumsum(0) - per_item)[item]
-    slot = item * k_max + local
+    first = per_item.cumsum(0) - per_item  # index of each item's first pair
+    pair_slot = pairs[:, 0] * k_max + torch.arange(len(pairs), device=pairs.device) - first[pairs[:, 0]]
+    slot = pair_slot[inverse]
     counts = torch.bincount(slot, minlength=batch * k_max)
-
-    def affinity(features: Tensor) -> Tensor:  # [B, R, C] -> [B, K_max, K_max]
-        means = _segment_means(features[keep], slot, counts, batch * k_max)
-        unit = F.normalize(means, dim=-1).reshape(batch, k_max, features.shape[-1])
-        return unit @ unit.transpose(1, 2)
-
+    ids = pairs.new_zeros(batch * k_max).index_copy(0, pair_slot, pairs[:, 1])
     present = torch.arange(k_max, device=per_item.device) < per_item.unsqueeze(1)  # [B, K_max]
-    pair_mask = present.unsqueeze(2) & present.unsqueeze(1)
-    diff = (affinity(student) - affinity(teacher)).abs()
+    return _Slots(keep, slot, counts, ids.view(batch, k_max), present)
+
+
+def _slot_affinity(features: Tensor, slots: _Slots) -> Tensor:
+    """[B, R, C] features -> [B, K_max, K_max] cosine affinity of the segment means."""
+    batch, k_max = slots.present.shape
+    means = _segment_means(features[slots.keep], slots.slot, slots.counts, batch * k_max)
+    unit = F.normalize(means, dim=-1).reshape(batch, k_max, features.shape[-1])
+    return unit @ unit.transpose(1, 2)
+
+
+class SegmentAffinity(NamedTuple):
+    """Output of :func:`segment_affinity` (K = the most segments in one batch item)."""
+
+    matrix: Tensor
+    """[B, K, K] cosine similarity of the segments' mean features; 0 in rows / columns of absent
+    slots (and of segments whose mean feature is zero)."""
+    ids: Tensor
+    """[B, K] int64 segment id of each row, increasing; 0 where the slot is absent."""
+    present: Tensor
+    """[B, K] bool, the slots that hold a segment."""
+
+
+def segment_affinity(features: Tensor, segment_ids: Tensor) -> SegmentAffinity:
+    """RSC's segment affinity (the paper's Fig. 4): the rays' features averaged inside each
+    segment, L2-normalised, and the cosine affinity of every pair of segments.
+
+    This is the matrix :func:`rsc_loss` (``mode="affinity"``) compares between student and
+    teacher.
+
+    Args:
+        features: [B, R, C] rendered features of R rays.
+        segment_ids: [B, R] integer segment id of each ray, 0 = no segment (ignored); only which
+            rays share an id matters.
+    Returns:
+        SegmentAffinity(matrix [B, K, K], ids [B, K], present [B, K]); rows follow the ids in
+        increasing order within each batch item.
+    """
+    features = _float_tensor(features, "features", 3, "[B, R, C]")
+    segment_ids = _int_tensor(segment_ids, "segment_ids", tuple(features.shape[:2]), "[B, R]")
+    _same_device((features, "features"), (segment_ids, "segment_ids"))
+    if segment_ids.numel() and bool((segment_ids < 0).any()):
+        raise ValueError(f"segment_ids must be >= 0 (0 = no segment), got minimum "
+                         f"{int(segment_ids.min())}")
+    with _autocast_off():
+        slots = _segment_slots(segment_ids)
+        return SegmentAffinity(_slot_affinity(_acc(features), slots), slots.ids, slots.present)
+
+
+def _affinity_loss(student: Tensor, teacher: Tensor, segment_ids: Tensor) -> Tensor:
+    slots = _segment_slots(segment_ids)
+    per_item = slots.present.sum(1)
+    pair_mask = slots.present.unsqueeze(2) & slots.present.unsqueeze(1)
+    diff = (_slot_affinity(student, slots) - _slot_affinity(teacher, slots)).abs()
     zero = torch.zeros((), dtype=diff.dtype, device=diff.device)
     k_sq = (per_item.to(diff.dtype) ** 2).clamp_min(1)
     per_batch = torch.where(pair_mask, diff, zero).sum((1, 2)) / k_sq  # mean over K x K

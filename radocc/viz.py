@@ -1,21 +1,48 @@
-"""Pictures: Occ3D class colours, depth colour maps, camera mosaics and bird's-eye views (PNG).
+"""Pictures (PNG): Occ3D class colours, depth colour maps, segment overlays, camera mosaics and
+bird's-eye views, and the command line that draws a sample, a model's predictions and its renders.
 
-    python -m radocc.viz --data-root DIR [--version v1.0-mini] [--split val] [--index 0]
-                         [--out sample.png]
+    python -m radocc.viz sample --data-root DIR [--version v1.0-mini] [--split val] [--index 0]
+                                [--out sample.png]     (also: python -m radocc.viz --data-root DIR)
+    python -m radocc.viz COMMAND --config CFG [--checkpoint PATH] [--set key=value ...]
+                         [--teacher-config CFG --teacher-checkpoint PATH] [--split val]
+                         [--index I] [--device D] --out FILE.png
 
-draws one sample of a nuScenes-layout dataset: the six cameras, the Occ3D occupancy from above,
-and the LiDAR points over it.
+COMMAND (on the sample read as the config's [data] reads it for validation):
+    segments     the camera images with their SAM segments overlaid
+    occupancy    ground truth, teacher and student occupancy from above and in 3D [--region]
+    render       rendered depth and semantics of teacher and student [--camera CAM] [--stride S]
+                 [--max-depth M]
+    termination  teacher and student termination distributions along one pixel's ray
+                 [--camera CAM] [--pixel U V]  (RadOcc's Fig. 3)
+    affinity     teacher and student segment affinity matrices of one camera image
+                 [--camera CAM] [--stride S] [--max-segments K]  (RadOcc's Fig. 4)
+    (render, termination and affinity also draw the labels rendered as a model with
+    --ground-truth: where the renders should stop, and what they should show)
+
+The models: --config/--checkpoint, and the teacher --teacher-config/--teacher-checkpoint, which
+default to the config's [teacher] section (a RadOcc student's config names its teacher). Renders
+use the config's [render] settings. The figure builders are in :mod:`radocc.pictures`, the arrays
+they draw are computed in :mod:`radocc.viz_data`.
 """
+
+from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from PIL import Image
 
 from radocc.occ3d import FREE
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from radocc.config import ExperimentConfig
+    from radocc.viz_data import VizModel
 
 # One RGB colour per Occ3D class, index order (the palette common in occupancy papers).
 OCC3D_PALETTE = np.array([
@@ -76,6 +103,36 @@ def bev_labels(semantics, free_index: int = FREE) -> np.ndarray:
     return labels[::-1, ::-1].copy()
 
 
+def segment_colours(num_ids: int, seed: int = 0) -> np.ndarray:
+    """uint8 [num_ids, 3]: a random (seeded) bright colour per segment id."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(40, 256, size=(num_ids, 3)).astype(np.uint8)
+
+
+def segment_boundaries(segments) -> np.ndarray:
+    """bool [H, W]: pixels whose segment id differs from the pixel right of or below them."""
+    ids = _numpy(segments)
+    edge = np.zeros(ids.shape, bool)
+    edge[:, :-1] |= ids[:, :-1] != ids[:, 1:]
+    edge[:-1, :] |= ids[:-1, :] != ids[1:, :]
+    return edge
+
+
+def segment_overlay(image, segments, alpha: float = 0.45, seed: int = 0) -> np.ndarray:
+    """A picture uint8 [H, W, 3] with its segment ids [H, W] (0 = no segment) overlaid: each
+    segment tinted with a random colour (the same id always gets the same colour for a seed),
+    boundaries white, pixels without a segment left as they are."""
+    image, ids = _numpy(image), _numpy(segments).astype(np.int64)
+    if image.shape[:2] != ids.shape or image.ndim != 3:
+        raise ValueError(f"segments must be [H, W] = {image.shape[:2]} (the image's), got {ids.shape}")
+    colours = segment_colours(int(ids.max(initial=0)) + 1, seed).astype(np.float64)
+    out = image.astype(np.float64)
+    inside = ids > 0
+    out[inside] = (1 - alpha) * out[inside] + alpha * colours[ids[inside]]
+    out[segment_boundaries(ids)] = 255
+    return out.round().astype(np.uint8)
+
+
 def save_png(path: str | Path, image: np.ndarray) -> Path:
     """Writes a uint8 [H, W, 3] (or [H, W]) array as PNG, creating the folder."""
     path = Path(path)
@@ -112,24 +169,228 @@ def sample_overview(item: dict, cameras: tuple[str, ...]) -> np.ndarray:
     return np.concatenate([mosaic, np.concatenate([bev, lidar], axis=1)], axis=0)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m radocc.viz", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-root", required=True, help="nuScenes-layout dataset root")
-    parser.add_argument("--version", default="v1.0-mini")
-    parser.add_argument("--split", default="val")
-    parser.add_argument("--index", type=int, default=0, help="sample index within the split")
-    parser.add_argument("--height", type=int, default=225, help="camera picture height, pixels")
-    parser.add_argument("--width", type=int, default=400, help="camera picture width, pixels")
-    parser.add_argument("--out", default="outputs/sample.png")
-    args = parser.parse_args(argv)
+def _images_uint8(batch: dict) -> np.ndarray:
+    """[N, H, W, 3] uint8 camera pictures of a batched sample (B = 1)."""
+    return (_numpy(batch["images"][0]).transpose(0, 2, 3, 1) * 255).round().astype(np.uint8)
+
+
+def _sample_title(batch: dict, split: str, index: int) -> str:
+    return f"{batch['scene_name'][0]}, {split} sample {index} ({batch['sample_token'][0][:8]})"
+
+
+def _cmd_sample(args: argparse.Namespace) -> Path:
     from radocc.data import DatasetConfig, NuScenesOccDataset
 
     config = DatasetConfig(image_size=(args.height, args.width), load_segments=False)
     dataset = NuScenesOccDataset(args.data_root, args.version, args.split, config)
     if not 0 <= args.index < len(dataset):
-        parser.error(f"--index must be in [0, {len(dataset)}) for split {args.split!r}")
-    path = save_png(args.out, sample_overview(dataset[args.index], config.cameras))
+        raise IndexError(f"--index must be in [0, {len(dataset)}) for split {args.split!r}")
+    return save_png(args.out, sample_overview(dataset[args.index], config.cameras))
+
+
+def _cmd_segments(args: argparse.Namespace, config: ExperimentConfig, batch: dict[str, Any],
+                   models: list[VizModel]) -> Figure:
+    from radocc.pictures import segments_figure
+    from radocc.viz_data import camera_names
+
+    names, images = camera_names(batch), _images_uint8(batch)
+    segments = _numpy(batch["segments"][0])
+    return segments_figure(dict(zip(names, images)), dict(zip(names, segments)),
+                           f"segments over the cameras: {_sample_title(batch, args.split, args.index)}")
+
+
+def _cmd_occupancy(args: argparse.Namespace, config: ExperimentConfig, batch: dict[str, Any],
+                    models: list[VizModel]) -> Figure:
+    from radocc.pictures import occupancy_figure
+    from radocc.viz_data import predict
+
+    free = config.model.num_classes - 1
+    mask = _numpy(batch["mask_camera"][0]) if args.region == "camera" else None
+
+    def region(semantics: np.ndarray) -> np.ndarray:
+        return semantics if mask is None else np.where(mask, semantics, free)
+
+    panels = [("ground truth", region(_numpy(batch["semantics"][0])))]
+    panels += [(m.label, region(_numpy(predict(m, batch)[0].argmax(-1)))) for m in models]
+    where = "camera-visible voxels" if mask is not None else "all voxels"
+    return occupancy_figure(panels, lower=config.model.grid_lower, upper=config.model.grid_upper,
+                            free=free, title=f"occupancy ({where}): "
+                                             f"{_sample_title(batch, args.split, args.index)}")
+
+
+def _sources(args: argparse.Namespace, config: ExperimentConfig, batch: dict[str, Any],
+             models: list[VizModel]) -> list[tuple[str, torch.Tensor]]:
+    """(label, voxel logits [1, X, Y, Z, K]) to render: the labels first with --ground-truth,
+    then each model's prediction."""
+    from radocc.viz_data import ground_truth_logits, predict
+
+    sources = [(m.label, predict(m, batch)) for m in models]
+    if args.ground_truth:
+        device = sources[0][1].device if sources else torch.device(args.device)
+        labels = ground_truth_logits(batch["semantics"], config.model.num_classes).to(device)
+        sources.insert(0, ("ground truth (labels rendered)", labels))
+    if not sources:
+        raise ValueError(f"{args.command} needs --checkpoint (a model to draw) or --ground-truth")
+    return sources
+
+
+def _cmd_render(args: argparse.Namespace, config: ExperimentConfig, batch: dict[str, Any],
+                models: list[VizModel]) -> Figure:
+    from radocc.pictures import render_figure
+    from radocc.viz_data import camera_index, camera_names, render_cameras
+
+    names = camera_names(batch)
+    cameras = [camera_index(batch, args.camera)] if args.camera else list(range(len(names)))
+    renders = [(label, render_cameras(config, logits, batch, cameras, args.stride)._asdict())
+               for label, logits in _sources(args, config, batch, models)]
+    images = _images_uint8(batch)
+    return render_figure({names[c]: images[c] for c in cameras}, renders, max_depth=args.max_depth,
+                         title=f"rendered depth and semantics (pixel stride {args.stride}): "
+                               f"{_sample_title(batch, args.split, args.index)}")
+
+
+def _cmd_termination(args: argparse.Namespace, config: ExperimentConfig, batch: dict[str, Any],
+                     models: list[VizModel]) -> Figure:
+    from radocc.pictures import termination_figure
+    from radocc.viz_data import camera_index, camera_names, lidar_depth_at, ray_termination
+
+    camera = camera_index(batch, args.camera)
+    height, width = batch["images"].shape[-2:]
+    pixel = tuple(args.pixel) if args.pixel else ((width - 1) / 2, (height - 1) / 2)
+    if not (0 <= pixel[0] <= width - 1 and 0 <= pixel[1] <= height - 1):
+        raise ValueError(f"--pixel must lie in the {width} x {height} image (u in [0, {width - 1}], "
+                         f"v in [0, {height - 1}]), got {pixel}")
+    distributions = []
+    for label, logits in _sources(args, config, batch, models):
+        edges, probs = ray_termination(config, logits, batch, camera, pixel)
+        distributions.append((label, probs))
+    return termination_figure(_images_uint8(batch)[camera], pixel, edges, distributions,
+                              lidar_depth=lidar_depth_at(batch, camera, pixel),
+                              camera=camera_names(batch)[camera])
+
+
+def _cmd_affinity(args: argparse.Namespace, config: ExperimentConfig, batch: dict[str, Any],
+                  models: list[VizModel]) -> Figure:
+    from radocc.losses import rsc_loss
+    from radocc.pictures import affinity_figure
+    from radocc.viz_data import camera_affinity, camera_index, camera_names
+
+    camera = camera_index(batch, args.camera)
+    sources = _sources(args, config, batch, models)
+    # (affinity of the largest segments, features [1, R, C] and segment ids [1, R] of all rays)
+    results = [camera_affinity(config, logits, batch, camera, args.stride, args.max_segments)
+               for _, logits in sources]
+    rsc = None
+    if len(results) >= 2:  # RSC from the second-to-last (teacher) to the last (student)
+        (_, t_features, ray_ids), (_, s_features, _) = results[-2:]
+        rsc = float(rsc_loss(s_features, t_features, ray_ids, mode="affinity"))
+    ids = results[0][0].ids
+    name = camera_names(batch)[camera]
+    return affinity_figure(_images_uint8(batch)[camera], _numpy(batch["segments"][0, camera]),
+                           [(label, r[0].matrix) for (label, _), r in zip(sources, results)],
+                           ids, rsc=rsc, camera=name,
+                           title=f"segment affinity of rendered semantics, {name} (pixel stride "
+                                 f"{args.stride}, the {len(ids)} segments with the most rays): "
+                                 f"{_sample_title(batch, args.split, args.index)}")
+
+
+# subcommand -> (drawing function, needs segments, help)
+_COMMANDS = {
+    "segments": (_cmd_segments, True, "the camera images with their SAM segments overlaid"),
+    "occupancy": (_cmd_occupancy, False,
+                  "ground truth / teacher / student occupancy from above and in 3D"),
+    "render": (_cmd_render, False, "rendered depth and semantics of teacher and student"),
+    "termination": (_cmd_termination, False,
+                    "termination distributions of teacher and student along one pixel's ray"),
+    "affinity": (_cmd_affinity, True,
+                 "segment affinity matrices of teacher and student for one camera image"),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m radocc.viz", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sample = sub.add_parser("sample", help="one sample: cameras, occupancy from above, LiDAR")
+    sample.add_argument("--data-root", required=True, help="nuScenes-layout dataset root")
+    sample.add_argument("--version", default="v1.0-mini")
+    sample.add_argument("--split", default="val")
+    sample.add_argument("--index", type=int, default=0, help="sample index within the split")
+    sample.add_argument("--height", type=int, default=225, help="camera picture height, pixels")
+    sample.add_argument("--width", type=int, default=400, help="camera picture width, pixels")
+    sample.add_argument("--out", default="outputs/sample.png")
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", required=True,
+                        help="experiment config (.toml): its [data] reads the sample, its [model] "
+                             "builds the model, its [render] renders")
+    common.add_argument("--checkpoint", help="the config's trained model (e.g. runs/<name>/best.pt)")
+    common.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value (e.g. data.root=...)")
+    common.add_argument("--teacher-config",
+                        help="the teacher's config (default: the config's [teacher] config)")
+    common.add_argument("--teacher-checkpoint",
+                        help="the teacher's checkpoint (default: the config's [teacher] checkpoint, "
+                             "if it names one)")
+    common.add_argument("--split", default="val")
+    common.add_argument("--index", type=int, default=0, help="sample index within the split")
+    common.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where the models run (default: cuda when available)")
+    common.add_argument("--out", required=True, help="the PNG to write")
+    cameras = argparse.ArgumentParser(add_help=False)
+    cameras.add_argument("--stride", type=int, default=2, help="render every stride-th pixel")
+    for name, (_, _, text) in _COMMANDS.items():
+        parents = [common] + ([cameras] if name in ("render", "affinity") else [])
+        command = sub.add_parser(name, parents=parents, help=text, description=text)
+        if name == "occupancy":
+            command.add_argument("--region", choices=("camera", "all"), default="camera",
+                                 help="draw the camera-visible voxels (mask_camera, the mIoU "
+                                      "region) or all voxels")
+        if name == "render":
+            command.add_argument("--camera", help="one camera (default: all)")
+            command.add_argument("--max-depth", type=float, default=50.0, help="depth colour scale, m")
+        if name in ("termination", "affinity"):
+            command.add_argument("--camera", default="CAM_FRONT", help="default: CAM_FRONT")
+        if name in ("render", "termination", "affinity"):
+            command.add_argument("--ground-truth", action="store_true",
+                                 help="also render the labels (as a model certain of them)")
+        if name == "termination":
+            command.add_argument("--pixel", type=float, nargs=2, metavar=("U", "V"),
+                                 help="pixel of the ray (default: the image centre)")
+        if name == "affinity":
+            command.add_argument("--max-segments", type=int, default=40,
+                                 help="show the segments with the most rays (0: all)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0].startswith("--") and argv[0] not in ("--help",):
+        argv = ["sample", *argv]  # the original form: python -m radocc.viz --data-root DIR ...
+    parser = _parser()
+    args = parser.parse_args(argv)
+    from radocc.config import ConfigError, load_config
+    from radocc.data import DataError
+
+    try:
+        if args.command == "sample":
+            path = _cmd_sample(args)
+        else:
+            draw, needs_segments, _ = _COMMANDS[args.command]
+            if getattr(args, "stride", 1) < 1:
+                raise ValueError(f"--stride must be >= 1, got {args.stride}")
+            config = load_config(args.config, args.set)
+            from radocc.pictures import save_figure
+            from radocc.viz_data import load_models, load_sample
+
+            batch = load_sample(config, args.split, args.index, segments=needs_segments)
+            models = [] if args.command == "segments" else load_models(
+                config, args.checkpoint, args.teacher_config, args.teacher_checkpoint,
+                torch.device(args.device))
+            path = save_figure(draw(args, config, batch, models), args.out)
+    except (ConfigError, DataError, FileNotFoundError, IndexError, ValueError) as exc:
+        print(f"radocc.viz: error: {exc}", file=sys.stderr)
+        return 2
     print(f"wrote {path}")
     return 0
 
