@@ -273,8 +273,9 @@ def termination_figure(image: np.ndarray, pixel: tuple[float, float], edges: np.
             raise ValueError(f"distribution {label!r} must have D + 1 = {len(edges)} values "
                              f"(bins then never-terminated), got shape {probs.shape}")
         colour = colours[i % len(colours)]
+        # dashed from the third on, so curves that coincide stay visible
         plot.stairs(probs[:-1], edges, label=label, color=colour, linewidth=1.8,
-                    fill=i == 0, alpha=0.35 if i == 0 else 1.0)
+                    linestyle="-" if i < 2 else "--", fill=i == 0, alpha=0.35 if i == 0 else 1.0)
         miss.bar([i], [probs[-1]], color=colour, alpha=0.35 if i == 0 else 1.0, label=label)
         miss.text(i, probs[-1] + 0.02, f"{probs[-1]:.2f}", ha="center", fontsize=_SMALL - 1)
     if lidar_depth is not None:
