@@ -10,6 +10,9 @@ namespace radocc {
 namespace {
 
 constexpr int64_t kRayGrain = 64;
+// Backward: a thread gets its own gradient grids only for this many rays or more; zeroing and
+// summing a grid copy costs about as much as marching that many rays.
+constexpr int64_t kRaysPerGradientCopy = 8192;
 
 Outputs render_forward_cpu(const at::Tensor& density, const at::Tensor& features,
                            const at::Tensor& origins, const at::Tensor& directions,
@@ -31,7 +34,8 @@ Outputs render_forward_cpu(const at::Tensor& density, const at::Tensor& features
 }
 
 // Each thread scatters into a private copy of the gradient grids (no atomics on the hot path);
-// the copies are summed at the end. Memory: threads x grid, which is small next to the rays.
+// the copies are summed at the end. Memory: threads x grid, which is small next to the rays; few
+// rays get one thread (kRaysPerGradientCopy), so the copies never cost more than the marching.
 std::tuple<at::Tensor, at::Tensor> render_backward_cpu(
     const at::Tensor& v_depth, const at::Tensor& v_opacity, const at::Tensor& v_features_out,
     const at::Tensor& v_termination, const at::Tensor& depth, const at::Tensor& opacity,
@@ -45,8 +49,8 @@ std::tuple<at::Tensor, at::Tensor> render_backward_cpu(
                         edges, lower, upper);
 
   const int64_t n = origins.size(0) * origins.size(1);
-  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(),
-                                                                  (n + kRayGrain - 1) / kRayGrain));
+  const int64_t threads = std::max<int64_t>(
+      1, std::min<int64_t>(at::get_num_threads(), n / kRaysPerGradientCopy));
   auto v_density = at::zeros({threads, density.numel()}, density.options());
   auto v_features = at::zeros({threads, features.numel()}, features.options());
   AT_DISPATCH_FLOATING_TYPES(density.scalar_type(), "render_backward_cpu", [&] {
@@ -70,6 +74,7 @@ std::tuple<at::Tensor, at::Tensor> render_backward_cpu(
       }
     });
   });
+  if (threads == 1) return {v_density.view(density.sizes()), v_features.view(features.sizes())};
   return {v_density.sum(0).view(density.sizes()), v_features.sum(0).view(features.sizes())};
 }
 

@@ -316,3 +316,29 @@ def test_bad_construction(kwargs, match):
         make(**kwargs)
     with pytest.raises(TypeError, match="grid"):
         RenderDistillLoss("occ3d")
+
+
+def test_fused_logit_fields_equal_the_definitions():
+    """voxel_fields' one-pass conversion = density_from_logits + semantic_features, values and
+    gradients (float64), and passes gradcheck."""
+    from radocc.distill import _LogitFields, semantic_features
+    from radocc.render import density_from_logits
+
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(2, 4, 3, 5, 7, generator=g, dtype=torch.float64) * 6).requires_grad_()
+    logits.data[0, 0, 0, 0, -1] = 80.0   # surely free: density ~ 0, no overflow
+    logits.data[0, 0, 0, 1, -1] = -80.0  # surely occupied
+    density, q = _LogitFields.apply(logits, 0.4)
+    ref_density = density_from_logits(logits, free_index=6, voxel_size=0.4)
+    ref_q = semantic_features(logits)
+    torch.testing.assert_close(density, ref_density)
+    torch.testing.assert_close(q, ref_q)
+    g_d, g_q = torch.randn_like(density), torch.randn_like(q)
+    for weights in ((g_d, g_q), (g_d, None), (None, g_q)):
+        def loss(d, f):
+            return sum((t * w).sum() for t, w in zip((d, f), weights) if w is not None)
+        got, = torch.autograd.grad(loss(*_LogitFields.apply(logits, 0.4)), logits)
+        want, = torch.autograd.grad(loss(ref_density, ref_q), logits, retain_graph=True)
+        torch.testing.assert_close(got, want)
+    small = torch.randn(1, 2, 2, 2, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: _LogitFields.apply(x, 0.4), (small,))
