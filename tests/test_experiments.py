@@ -1,0 +1,129 @@
+"""The ablation and demo runners on the tiny synthetic dataset: results files, resumability, mean/std."""
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+# The real configs/synthetic/*.toml, shrunk to seconds per run (every run gets these overrides).
+TINY = [
+    "data.image_size=[96, 160]", 'data.cameras=["CAM_FRONT", "CAM_BACK"]', "data.num_workers=0",
+    "model.fusion_channels=16", "model.grid_shape=[200, 200, 16]",
+    "model.camera.neck_channels=16", "model.camera.depth_bins=[1.0, 41.0, 4.0]",
+    "model.camera.context_channels=8",
+    "model.lidar.voxel_size=[0.8, 0.8, 0.8]", "model.lidar.point_range=[-40.0, -40.0, -1.0, 40.0, 40.0, 5.4]",
+    "model.lidar.base_channels=8", "model.lidar.stage_channels=[16]", "model.lidar.out_channels=16",
+    "model.bev_encoder.channels=[8, 16, 16]", "model.bev_encoder.out_channels=16",
+    "model.head.hidden_channels=16",
+    "render.rays_per_image=64", "render.depth_bins=[1.0, 41.0, 2.0]",
+    "optim.warmup_iters=2", "train.epochs=1", "train.log_every=1", "train.image_every=0",
+]
+
+
+@pytest.fixture(scope="module")
+def data_root(synthetic_root, tmp_path_factory) -> str:
+    """A copy of the session's synthetic dataset with felzenszwalb segments (RSC needs them)."""
+    from radocc.segments import main as segments_main
+
+    root = tmp_path_factory.mktemp("experiments_data") / "root"
+    shutil.copytree(synthetic_root, root)
+    assert segments_main(["--data-root", str(root), "--fallback", "felzenszwalb", "--no-progress"]) == 0
+    return str(root)
+
+
+def _args(data_root: str) -> list[str]:
+    return ["--data-root", data_root, *[a for s in TINY for a in ("--set", s)]]
+
+
+@pytest.fixture(scope="module")
+def ablation(data_root, tmp_path_factory) -> Path:
+    from radocc.experiments import main
+
+    out = tmp_path_factory.mktemp("ablation")
+    assert main(["ablation", "--seeds", "1", "--out", str(out), "--variants", "baseline", "rdc_rsc",
+                 *_args(data_root)]) == 0
+    return out
+
+
+def test_ablation_writes_results(ablation):
+    payload = json.loads((ablation / "results.json").read_text())
+    assert set(payload["summary"]) == {"teacher", "baseline", "rdc_rsc"}
+    assert payload["seeds"] == 1 and payload["wall_s"] > 0 and payload["command"].startswith("python -m")
+    for variant, entry in payload["summary"].items():
+        assert entry["seeds"] == [0]
+        run = json.loads((ablation / "seed0" / variant / "eval.json").read_text())
+        assert entry["mIoU"]["mean"] == pytest.approx(run["mIoU"]) and entry["mIoU"]["std"] == 0.0
+        assert 0.0 <= run["mIoU"] <= 100.0 and "RayIoU" in run and run["depth"]["abs_rel"] >= 0
+        assert (ablation / "seed0" / variant / "last.pt").is_file()
+    # the students distilled from this seed's teacher run
+    config = (ablation / "seed0" / "rdc_rsc" / "config.toml").read_text()
+    assert str(ablation / "seed0" / "teacher" / "last.pt") in config
+    table = (ablation / "results.md").read_text()
+    for label in ("teacher (camera + LiDAR)", "baseline student (camera)", "+ RDC + RSC (RadOcc)",
+                  "mIoU (camera mask, %)", "RayIoU", "AbsRel", "wall time", "machine"):
+        assert label in table
+
+
+def test_ablation_is_resumable(ablation, data_root, monkeypatch):
+    import radocc.train
+    from radocc.experiments import main
+
+    calls: list[list[str]] = []
+    real = radocc.train.main
+    monkeypatch.setattr(radocc.train, "main", lambda argv: calls.append(list(argv)) or real(argv))
+    before = {p: p.stat().st_mtime_ns for p in ablation.rglob("last.pt")}
+    args = ["ablation", "--seeds", "1", "--out", str(ablation), "--variants", "baseline", "rdc_rsc",
+            *_args(data_root)]
+    assert main(args) == 0
+    assert calls == []  # finished runs (eval.json present) are not redone
+    assert before == {p: p.stat().st_mtime_ns for p in ablation.rglob("last.pt")}
+    # an interrupted run (no eval.json yet) continues from its last.pt and is evaluated again
+    (ablation / "seed0" / "baseline" / "eval.json").unlink()
+    assert main(args) == 0
+    assert len(calls) == 1 and calls[0][calls[0].index("--resume") + 1].endswith("baseline/last.pt")
+    assert (ablation / "seed0" / "baseline" / "eval.json").is_file()
+
+
+def test_summarise_mean_and_sample_std():
+    from radocc.experiments import summarise
+
+    runs = [{"seed": s, "mIoU": m, "RayIoU": r, "depth": {"abs_rel": a}}
+            for s, m, r, a in [(0, 10.0, 5.0, 0.2), (1, 20.0, 7.0, 0.4), (2, 30.0, None, 0.3)]]
+    entry = summarise({"baseline": runs})["baseline"]
+    assert entry["seeds"] == [0, 1, 2]
+    assert entry["mIoU"]["mean"] == pytest.approx(20.0) and entry["mIoU"]["std"] == pytest.approx(10.0)
+    assert entry["RayIoU"]["mean"] == pytest.approx(6.0)  # a missing value is left out
+    assert entry["RayIoU"]["std"] == pytest.approx(math.sqrt(2.0))
+    assert entry["AbsRel"]["mean"] == pytest.approx(0.3) and entry["AbsRel"]["std"] == pytest.approx(0.1)
+
+
+def test_demo_writes_results_and_pictures(data_root, ablation, tmp_path):
+    from radocc.experiments import main
+
+    out = tmp_path / "demo"
+    # the demo's teacher is a finished run: copy the ablation's (same seed and budget)
+    shutil.copytree(ablation / "seed0" / "teacher", out / "teacher")
+    assert main(["demo", "--out", str(out), *_args(data_root)]) == 0
+    payload = json.loads((out / "results.json").read_text())
+    for key in ("teacher", "baseline", "radocc"):
+        result = payload[key]
+        assert 0.0 <= result["mIoU"] <= 100.0 and "RayIoU" in result and "abs_rel" in result["depth"]
+        assert len(result["IoU"]) == 17
+    assert isinstance(payload["ordering_holds"], bool)
+    assert "RadOcc" in (out / "results.md").read_text()
+    for name in ("segments", "occupancy_radocc", "occupancy_baseline", "render", "termination", "affinity"):
+        assert (out / f"{name}.png").stat().st_size > 1000, name
+
+
+def test_bad_arguments_are_named(tmp_path):
+    from radocc.experiments import run_ablation, run_variant
+
+    with pytest.raises(ValueError, match="seeds"):
+        run_ablation(tmp_path, seeds=0)
+    with pytest.raises(ValueError, match="variant"):
+        run_variant("nope", 0, tmp_path)
