@@ -17,45 +17,12 @@ from radocc.export import example_inputs, export_onnx, inverse_3x3, main, onnx_p
 from radocc.models import build_model
 from radocc.models.lss import bev_pool, splat, voxel_cells, voxel_ranks
 
+from tiny import write_tiny_config
+
 torch.set_num_threads(1)
 
-TINY = """
-name = "tiny"
-role = "{role}"
-
-[data]
-image_size = [32, 64]
-
-[model]
-modality = "{modality}"
-grid_lower = [-8.0, -8.0, -1.0]
-grid_upper = [8.0, 8.0, 3.0]
-grid_shape = [16, 16, 4]
-fusion_channels = 8
-
-[model.camera]
-backbone = "resnet18"
-neck_channels = 16
-depth_bins = [1.0, 9.0, 2.0]
-context_channels = 8
-bev_z_bins = 2
-
-[model.bev_encoder]
-channels = [8, 8, 8]
-out_channels = 8
-
-[model.head]
-hidden_channels = 8
-
-[loss]
-rdc = 0.0
-rsc = 0.0
-"""
-
-
 def write_config(path: Path, role: str = "student") -> Path:
-    path.write_text(TINY.format(role=role, modality="fusion" if role == "teacher" else "camera"))
-    return path
+    return write_tiny_config(path, role=role, bev_z_bins=2)
 
 
 @pytest.fixture(scope="module")

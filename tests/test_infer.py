@@ -18,47 +18,9 @@ from radocc.infer import (InferenceError, inference_picture, load_calibration, l
 from radocc.models import build_model
 from radocc.viz import OCC3D_PALETTE, bev_labels, colorize_labels
 
+from tiny import write_tiny_config
+
 torch.set_num_threads(1)
-
-TINY = """
-name = "{name}"
-role = "{role}"
-
-[data]
-image_size = [32, 64]
-
-[model]
-modality = "{modality}"
-grid_lower = [-8.0, -8.0, -1.0]
-grid_upper = [8.0, 8.0, 3.0]
-grid_shape = [16, 16, 4]
-fusion_channels = 8
-
-[model.camera]
-backbone = "resnet18"
-neck_channels = {neck}
-depth_bins = [1.0, 9.0, 2.0]
-context_channels = 8
-
-[model.lidar]
-voxel_size = [1.0, 1.0, 1.0]
-point_range = [-8.0, -8.0, -1.0, 8.0, 8.0, 3.0]
-base_channels = 8
-stage_channels = [8]
-out_channels = 8
-
-[model.bev_encoder]
-channels = [8, 8, 8]
-out_channels = 8
-
-[model.head]
-hidden_channels = 8
-
-[loss]
-rdc = 0.0
-rsc = 0.0
-{extra}
-"""
 
 # OpenCV camera axes (x right, y down, z forward) in the ego frame (x forward, y left, z up),
 # for a camera looking along ego +x, and one looking along ego -x.
@@ -67,11 +29,8 @@ BACK = [[0.0, 0.0, -1.0], [1.0, 0.0, 0.0], [0.0, -1.0, 0.0]]
 
 
 def write_config(folder: Path, name: str, role: str = "student", neck: int = 16,
-                 extra: str = "") -> Path:
-    path = folder / f"{name}.toml"
-    modality = "fusion" if role == "teacher" else "camera"
-    path.write_text(TINY.format(name=name, role=role, modality=modality, neck=neck, extra=extra))
-    return path
+                 teacher: tuple[Path, Path] | None = None) -> Path:
+    return write_tiny_config(folder / f"{name}.toml", role=role, neck=neck, teacher=teacher)
 
 
 def write_checkpoint(config: Path, path: Path, seed: int = 0) -> Path:
@@ -300,8 +259,7 @@ def test_bench_infer_times_teacher_and_student(setup, tmp_path, capsys):
     from radocc.bench import main as bench_main
 
     teacher = write_config(tmp_path, "teacher", role="teacher")
-    student = write_config(tmp_path, "distilled", extra=(
-        f'[teacher]\nconfig = "{teacher}"\ncheckpoint = "{tmp_path / "missing.pt"}"'))
+    student = write_config(tmp_path, "distilled", teacher=(teacher, tmp_path / "missing.pt"))
     args = ["infer", str(student), "--checkpoint", str(setup["checkpoint"]), "--warmup", "1",
             "--repeats", "2", "--json"]
     assert bench_main(args) == 0

@@ -14,61 +14,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from tiny import write_tiny_config
+
 torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 
-TINY_MODEL = """
-[model]
-modality = "{modality}"
-fusion_channels = 16
-grid_shape = [200, 200, 16]
-
-[model.camera]
-backbone = "resnet18"
-neck_channels = 16
-depth_bins = [1.0, 41.0, 4.0]
-context_channels = 8
-
-[model.lidar]
-voxel_size = [0.8, 0.8, 0.8]
-point_range = [-40.0, -40.0, -1.0, 40.0, 40.0, 5.4]
-base_channels = 8
-stage_channels = [16]
-out_channels = 16
-
-[model.bev_encoder]
-channels = [8, 16, 16]
-out_channels = 16
-
-[model.head]
-hidden_channels = 16
-"""
-
-
-def write_config(path: Path, root: str, *, role: str, teacher: Path | None = None,
-                 loss: str = "rdc = 0.0\nrsc = 0.0", extra: str = "") -> Path:
-    modality = "fusion" if role == "teacher" else "camera"
-    teacher_block = (f'[teacher]\nconfig = "{teacher}"\ncheckpoint = "{teacher.parent / "run" / "best.pt"}"\n'
-                     if teacher else "")
-    path.write_text(f"""
-name = "{path.stem}"
-role = "{role}"
-seed = 3
-
-[data]
-root = "{root}"
-version = "v1.0-mini"
-image_size = [96, 160]
-cameras = ["CAM_FRONT", "CAM_BACK"]
-augment = true
-batch_size = 1
-num_workers = 0
-{TINY_MODEL.format(modality=modality)}
-{teacher_block}
-[loss]
-{loss}
-
+# What training needs beyond the tiny model: 64 rays per camera, 2 iterations of 1 epoch
+# (2 training samples, batch 1), a log line and pictures every step.
+TRAIN = """
 [render]
 pixels = "lidar"
 rays_per_image = 64
@@ -82,9 +36,16 @@ warmup_iters = 2
 epochs = 1
 log_every = 1
 image_every = 1
-{extra}
-""")
-    return path
+"""
+
+
+def write_config(path: Path, root: str, *, role: str, teacher: Path | None = None,
+                 loss: str = "rdc = 0.0\nrsc = 0.0") -> Path:
+    """The tiny Occ3D-grid config, 2 cameras, 16 channels; a student distils from ``teacher``
+    (a config whose trained run is ``run/best.pt`` beside it)."""
+    return write_tiny_config(path, role=role, scale="occ3d", root=root, cameras=("CAM_FRONT", "CAM_BACK"),
+                             seed=3, channels=16, loss=loss, extra=TRAIN,
+                             teacher=(teacher, teacher.parent / "run" / "best.pt") if teacher else None)
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +143,7 @@ def test_resume_matches_uninterrupted_run(data_root, tmp_path):
     from radocc.checkpoint import load_checkpoint
 
     config = write_config(tmp_path / "s.toml", data_root, role="student",
-                          extra="", loss="rdc = 0.0\nrsc = 0.0")
+                          loss="rdc = 0.0\nrsc = 0.0")
     assert _train(config, tmp_path / "full", "--set", "train.epochs=2") == 0
     assert _train(config, tmp_path / "half", "--set", "train.epochs=1") == 0
     assert _train(config, tmp_path / "half", "--set", "train.epochs=2",

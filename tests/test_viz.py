@@ -9,52 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
+from tiny import SCALES, write_tiny_config
+
 torch.set_num_threads(1)
 
-TINY = """
-name = "{name}"
-role = "{role}"
-seed = 0
-{teacher}
-[data]
-root = "{root}"
-version = "v1.0-mini"
-image_size = [96, 160]
-augment = false
-num_workers = 0
-
-[model]
-modality = "{modality}"
-fusion_channels = 8
-
-[model.camera]
-backbone = "resnet18"
-neck_channels = 16
-depth_bins = [1.0, 41.0, 4.0]
-context_channels = 8
-
-[model.lidar]
-voxel_size = [0.8, 0.8, 0.8]
-point_range = [-40.0, -40.0, -1.0, 40.0, 40.0, 5.4]
-base_channels = 8
-stage_channels = [8]
-out_channels = 8
-
-[model.bev_encoder]
-channels = [8, 8, 8]
-out_channels = 8
-
-[model.head]
-hidden_channels = 8
-
-[loss]
-rdc = {rdc}
-rsc = 0.0
-
-[render]
-depth_bins = [1.0, 45.0, 2.0]
-"""
-HEIGHT, WIDTH = 96, 160  # the configs' image size
+HEIGHT, WIDTH = SCALES["occ3d"]["image_size"]  # the configs' image size
 
 
 @pytest.fixture(scope="module")
@@ -71,12 +30,13 @@ def runs(synthetic_root, tmp_path_factory) -> dict[str, Path]:
     shutil.copytree(synthetic_root, root)
     assert segments_main(["--data-root", str(root), "--fallback", "felzenszwalb", "--no-progress"]) == 0
     out = {"root": root}
-    for name, role, modality in (("teacher", "teacher", "fusion"), ("student", "student", "camera")):
-        teacher = (f'[teacher]\nconfig = "{out["teacher.toml"]}"\ncheckpoint = "{out["teacher.pt"]}"'
-                   if role == "student" else "")
-        config = folder / f"{name}.toml"
-        config.write_text(TINY.format(name=f"tiny-{name}", role=role, modality=modality, root=root,
-                                      teacher=teacher, rdc=1.0 if role == "student" else 0.0))
+    for name in ("teacher", "student"):
+        student = name == "student"
+        config = write_tiny_config(
+            folder / f"tiny-{name}.toml", role=name, scale="occ3d", root=root,
+            teacher=(out["teacher.toml"], out["teacher.pt"]) if student else None,
+            loss=f"rdc = {1.0 if student else 0.0}\nrsc = 0.0",
+            extra="[render]\ndepth_bins = [1.0, 45.0, 2.0]")
         torch.manual_seed(len(name))
         model = build_model(load_config(config).model)
         save_checkpoint(folder / f"{name}.pt", {"model": model.state_dict()})
