@@ -8,7 +8,7 @@ PIP := $(PY) -m pip
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 INSTALLED := $(VENV)/.radocc-installed
 
-.PHONY: install test test-all demo bench sdist-check gpu-check clean
+.PHONY: install test test-all demo ablation bench sdist-check gpu-check clean
 
 $(VENV)/.torch-installed:
 	$(PYTHON) -m venv $(VENV)
@@ -28,13 +28,33 @@ test: install
 test-all: install
 	$(PY) -m pytest -q
 
-# The renderer on a procedural street, then a synthetic Occ3D-nuScenes dataset, its segments
-# (felzenszwalb: no SAM checkpoint can be downloaded here) and a picture of one sample.
+# The whole pipeline on 2 CPU cores: a synthetic Occ3D-nuScenes dataset, its segments (SAM when
+# SAM_CHECKPOINT names a SAM state dict, e.g. `make demo SAM_CHECKPOINT=sam_vit_h_4b8939.pth
+# SAM_MODEL_TYPE=vit_h`; else scikit-image's felzenszwalb: nothing is downloaded), then the teacher,
+# the baseline student and the RadOcc student trained with the same budget and seed, evaluated on
+# val (outputs/demo/results.md, results.json) and drawn (outputs/demo/*.png). A fresh run each time.
+SAM_CHECKPOINT ?=
+SAM_MODEL_TYPE ?= vit_h
+ifneq ($(SAM_CHECKPOINT),)
+SEGMENTER := --checkpoint $(SAM_CHECKPOINT) --model-type $(SAM_MODEL_TYPE)
+SEGMENTER_SAYS := SAM $(SAM_MODEL_TYPE) from $(SAM_CHECKPOINT)
+else
+SEGMENTER := --fallback felzenszwalb
+SEGMENTER_SAYS := felzenszwalb fallback (no SAM_CHECKPOINT given)
+endif
+
 demo: install
-	$(PY) -m radocc.demo --out outputs/demo
-	$(PY) -m radocc.data.synthetic --out outputs/synthetic --overwrite
-	$(PY) -m radocc.segments --data-root outputs/synthetic --fallback felzenszwalb --overwrite
-	$(PY) -m radocc.viz --data-root outputs/synthetic --split val --out outputs/demo/synthetic_sample.png
+	rm -rf outputs/demo
+	$(PY) -m radocc.data.synthetic --out outputs/synthetic --overwrite --quiet
+	@echo "segments: $(SEGMENTER_SAYS)"
+	$(PY) -m radocc.segments --data-root outputs/synthetic $(SEGMENTER) --overwrite --no-progress
+	$(PY) -m radocc.experiments demo --out outputs/demo
+
+# The paper's ablation on the synthetic dataset (resumable: run it again to continue); needs the
+# dataset and segments of `make demo`. SEEDS=3 by default.
+SEEDS ?= 3
+ablation: install
+	$(PY) -m radocc.experiments ablation --seeds $(SEEDS) --out outputs/ablation
 
 bench: install
 	$(PY) -m radocc.bench render

@@ -13,6 +13,7 @@ torch.set_num_threads(1)
 # The real configs/synthetic/*.toml, shrunk to seconds per run (every run gets these overrides).
 TINY = [
     "data.image_size=[96, 160]", 'data.cameras=["CAM_FRONT", "CAM_BACK"]', "data.num_workers=0",
+    "data.max_val_samples=1",
     "model.fusion_channels=16", "model.grid_shape=[200, 200, 16]",
     "model.camera.neck_channels=16", "model.camera.depth_bins=[1.0, 41.0, 4.0]",
     "model.camera.context_channels=8",
