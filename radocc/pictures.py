@@ -8,9 +8,11 @@ colours are the Occ3D palette (:data:`radocc.viz.OCC3D_PALETTE`); the bird's-eye
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence, TypeVar
 
+import matplotlib.style
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.colors import ListedColormap
@@ -27,6 +29,19 @@ __all__ = ["DPI", "save_figure", "depth_colormap", "segments_figure", "occupancy
 DPI = 100
 _TITLE = 11  # font sizes, points
 _SMALL = 8
+
+
+_F = TypeVar("_F", bound=Callable)
+
+
+def _default_style(fn: _F) -> _F:
+    """Build / save under matplotlib's default style: other libraries change the global rcParams
+    (nuscenes-devkit's map API turns on axes grids and greys), which would change the pictures."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with matplotlib.style.context("default"):
+            return fn(*args, **kwargs)
+    return wrapper  # type: ignore[return-value]
 
 
 def _figure(width: int, height: int) -> Figure:
@@ -66,6 +81,7 @@ def _class_legend(fig: Figure, classes: Sequence[int], left: float, top: float,
               frameon=False, handlelength=1.2, columnspacing=1.2)
 
 
+@_default_style
 def save_figure(fig: Figure, path: str | Path) -> Path:
     """Writes ``fig`` as a PNG at its own size (no cropping), creating the folder."""
     path = Path(path)
@@ -90,6 +106,7 @@ def _mosaic(names: Sequence[str]) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- segments
+@_default_style
 def segments_figure(images: dict[str, np.ndarray], segments: dict[str, np.ndarray],
                     title: str = "", panel: int = 400) -> Figure:
     """Camera images with their segments overlaid (random colour per id, white boundaries).
@@ -119,6 +136,7 @@ _OCC_CELL = 460  # one panel's square cell, pixels
 _BEV_SIZE = 400  # the BEV picture inside it: 2 px per Occ3D column
 
 
+@_default_style
 def occupancy_figure(panels: Sequence[tuple[str, np.ndarray]], *,
                      lower: Sequence[float] = (-40.0, -40.0, -1.0),
                      upper: Sequence[float] = (40.0, 40.0, 5.4), free: int = FREE,
@@ -189,6 +207,7 @@ def _voxel_panel(ax, semantics: np.ndarray, lower, upper, free: int, max_points:
 
 
 # ----------------------------------------------------------------------------- render
+@_default_style
 def render_figure(images: dict[str, np.ndarray], renders: Sequence[tuple[str, dict[str, np.ndarray]]],
                   *, max_depth: float = 50.0, title: str = "", panel: int = 260) -> Figure:
     """Rendered depth and semantics of models side by side, one row per camera.
@@ -242,6 +261,7 @@ def render_figure(images: dict[str, np.ndarray], renders: Sequence[tuple[str, di
 
 
 # ----------------------------------------------------------------------------- termination
+@_default_style
 def termination_figure(image: np.ndarray, pixel: tuple[float, float], edges: np.ndarray,
                        distributions: Sequence[tuple[str, np.ndarray]], *,
                        lidar_depth: float | None = None, camera: str = "",
@@ -301,6 +321,7 @@ def termination_figure(image: np.ndarray, pixel: tuple[float, float], edges: np.
 
 
 # ----------------------------------------------------------------------------- affinity
+@_default_style
 def affinity_figure(image: np.ndarray, segments: np.ndarray,
                     affinities: Sequence[tuple[str, np.ndarray]], ids: np.ndarray, *,
                     rsc: float | None = None, camera: str = "", title: str = "") -> Figure:

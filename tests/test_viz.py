@@ -306,3 +306,15 @@ def test_segment_overlay():
     assert (out[:3, 3:5] == expected).all()
     with pytest.raises(ValueError, match="segments must be"):
         segment_overlay(image, ids[:, :5])
+
+
+def test_pictures_ignore_global_matplotlib_style(runs, tmp_path):
+    """nuscenes-devkit's map API changes matplotlib's global rcParams (grids, greys); the pictures
+    must not change with them."""
+    import matplotlib
+
+    first, second = tmp_path / "a.png", tmp_path / "b.png"
+    assert _viz("occupancy", *_student_args(runs), "--out", first) == 0
+    with matplotlib.rc_context({"axes.grid": True, "axes.edgecolor": ".8", "image.cmap": "Greys"}):
+        assert _viz("occupancy", *_student_args(runs), "--out", second) == 0
+    assert np.array_equal(_png(first), _png(second))
