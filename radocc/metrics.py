@@ -20,6 +20,7 @@ from typing import Sequence
 import torch
 import torch.distributed as dist
 
+from radocc.map_metrics import ChamferMapAP  # vector-map Chamfer AP (MapDistill branch)
 # The Occ3D facts live in radocc.occ3d; re-exported here under the metrics' names.
 from radocc.occ3d import CLASS_NAMES as OCC3D_CLASSES
 from radocc.occ3d import FREE as OCC3D_FREE
@@ -33,7 +34,7 @@ from radocc.raycast import ArrayLike, _as_tensor, _rays, _same_shape, _vector3, 
 __all__ = [
     "OCC3D_CLASSES", "OCC3D_NUM_CLASSES", "OCC3D_FREE", "OCC3D_SHAPE", "OCC3D_LOWER", "OCC3D_UPPER",
     "OccupancyMIoU", "RayIoU", "lidar_ray_directions", "select_lidar_origins",
-    "depth_metrics", "DepthMetrics",
+    "depth_metrics", "DepthMetrics", "ChamferMapAP",
 ]
 
 
