@@ -15,7 +15,8 @@ from radocc.models.lidar import LidarConfig
 from radocc.occ3d import GRID_LOWER, GRID_SHAPE, GRID_UPPER, NUM_CLASSES
 
 __all__ = ["CameraConfig", "BEVEncoderConfig", "HeadConfig", "LidarConfig", "ModelConfig",
-           "BACKBONES", "HEADS", "MODALITIES"]
+           "BACKBONES", "HEADS", "MODALITIES", "GKTConfig", "MapHeadConfig", "MapModelConfig",
+           "MAP_MODALITIES", "MAP_PC_RANGE"]
 
 BACKBONES = ("resnet18", "resnet50")
 HEADS = ("channel_to_height", "conv3d")
@@ -165,3 +166,183 @@ class ModelConfig:
     def bev_shape(self) -> tuple[int, int]:
         """(Y, X): the BEV tensor's spatial shape (rows follow y, columns follow x)."""
         return self.grid_shape[1], self.grid_shape[0]
+
+
+# --- Vector-map branch (MapTR head, GKT, MapDistill teacher / student) -----------------------
+
+MAP_MODALITIES = ("camera", "camera_dual", "fusion")
+MAP_PC_RANGE = (-15.0, -30.0, 15.0, 30.0)
+
+
+def _floats(name: str, values, length: int) -> tuple[float, ...]:
+    values = tuple(values)
+    if len(values) != length or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                        and math.isfinite(v) for v in values):
+        raise ValueError(f"{name} must be {length} finite numbers, got {values!r}")
+    return tuple(float(v) for v in values)
+
+
+@dataclass
+class GKTConfig:
+    """GKT view transform (MapTR's geometry-guided kernel attention).
+
+    num_heights: height anchors per BEV cell (one attention head each), at the centres of
+        ``num_heights`` equal slices of ``z_range`` (map frame, metres): 4 in [-2, 2] gives
+        -1.5, -0.5, 0.5, 1.5.
+    kernel: (rows, cols) of the fixed feature-pixel kernel around each projection (MapTR: 3 x 5).
+    num_layers: encoder layers (cross-attention, norm, FFN, norm); MapTR uses 1.
+    ffn_channels: FFN hidden width. dropout: after the attention and inside the FFN.
+    """
+
+    num_heights: int = 4
+    z_range: tuple[float, float] = (-2.0, 2.0)
+    kernel: tuple[int, int] = (3, 5)
+    num_layers: int = 1
+    ffn_channels: int = 512
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        _positive_ints("gkt.num_heights", [self.num_heights], 1)
+        self.z_range = _floats("gkt.z_range", self.z_range, 2)
+        if not self.z_range[0] < self.z_range[1]:
+            raise ValueError(f"gkt.z_range must be (low, high) with low < high, got {self.z_range!r}")
+        self.kernel = _positive_ints("gkt.kernel", self.kernel, 2)
+        _positive_ints("gkt.num_layers", [self.num_layers], 1)
+        _positive_ints("gkt.ffn_channels", [self.ffn_channels], 1)
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"gkt.dropout must be in [0, 1), got {self.dropout!r}")
+
+
+@dataclass
+class MapHeadConfig:
+    """MapTR head: hierarchical queries and a transformer decoder on the BEV.
+
+    num_vectors: instance queries N_vec; num_points: points per instance P (20 in the ground truth);
+    num_classes: 3 (divider, ped_crossing, boundary).
+    embed_dims: query width C (the position | content embeddings are 2C wide).
+    num_layers: decoder layers (MapDistill / MapTR nano: 2; tiny: 6).
+    num_heads: heads of the self-attention and of the BEV cross-attention (nano: 4; tiny: 8).
+    num_sampling_points: sampling points per head of the BEV cross-attention (MapTR: 4).
+    ffn_channels: FFN hidden width (MapTR: 2C). dropout: attention and FFN dropout.
+    """
+
+    num_vectors: int = 100
+    num_points: int = 20
+    num_classes: int = 3
+    embed_dims: int = 256
+    num_layers: int = 2
+    num_heads: int = 4
+    num_sampling_points: int = 4
+    ffn_channels: int = 512
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        for name in ("num_vectors", "num_classes", "embed_dims", "num_layers", "num_heads",
+                     "num_sampling_points", "ffn_channels"):
+            _positive_ints(f"head.{name}", [getattr(self, name)], 1)
+        if not (isinstance(self.num_points, int) and self.num_points >= 2):
+            raise ValueError(f"head.num_points must be an integer >= 2, got {self.num_points!r}")
+        if self.embed_dims % self.num_heads:
+            raise ValueError(f"head.embed_dims ({self.embed_dims}) must be divisible by "
+                             f"head.num_heads ({self.num_heads})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"head.dropout must be in [0, 1), got {self.dropout!r}")
+
+
+def _default_map_camera() -> CameraConfig:
+    # MapDistill's student: R18, LSS depth [1, 35) step 0.5, 256 context channels.
+    return CameraConfig(backbone="resnet18", neck_channels=256, depth_bins=(1.0, 35.0, 0.5),
+                        context_channels=256)
+
+
+def _default_map_lidar() -> LidarConfig:
+    # MapTR fusion: 0.1 x 0.1 x 0.2 m voxels over the patch, z in [-5, 3] (LiDAR frame).
+    return LidarConfig(point_range=(-15.0, -30.0, -5.0, 15.0, 30.0, 3.0), out_channels=256)
+
+
+@dataclass
+class MapModelConfig:
+    """The vector-map model (MapTR-style, MapDistill's teacher and students).
+
+    modality: "camera" (GKT BEV only: the baseline camera MapTR), "camera_dual" (MapDistill's
+        student: GKT BEV + LSS BEV fused by conv), "fusion" (the teacher: camera GKT BEV + spconv
+        LiDAR BEV fused by conv).
+    pc_range: (x_min, y_min, x_max, y_max) metres of the map frame (x lateral right, y forward).
+    bev_shape: (H, W): BEV rows along y (row 0 at y_min), columns along x (column 0 at x_min).
+    bev_channels: C of every BEV (GKT, LSS, LiDAR, fused) and of the decoder's input; the
+        relation distillation compares the two BEVs of a model, so the LSS context channels
+        (camera_dual) and the LiDAR out_channels (fusion) must equal it.
+    camera: image encoder (backbone, neck) and LSS settings (depth bins, context channels).
+    lss_z_range: the single height bin of the LSS pooling, map frame metres (LSS / BEVFusion:
+        [-10, 10]); x / y follow pc_range and bev_shape.
+    gkt: GKT settings. lidar: LiDAR branch (its point_range x / y must equal pc_range).
+    head: MapTR head settings.
+    """
+
+    modality: str = "camera_dual"
+    pc_range: tuple[float, float, float, float] = MAP_PC_RANGE
+    bev_shape: tuple[int, int] = (80, 40)
+    bev_channels: int = 256
+    camera: CameraConfig = field(default_factory=_default_map_camera)
+    lss_z_range: tuple[float, float] = (-10.0, 10.0)
+    gkt: GKTConfig = field(default_factory=GKTConfig)
+    lidar: LidarConfig = field(default_factory=_default_map_lidar)
+    head: MapHeadConfig = field(default_factory=MapHeadConfig)
+
+    def __post_init__(self) -> None:
+        if self.modality not in MAP_MODALITIES:
+            raise ValueError(f"modality must be one of {MAP_MODALITIES}, got {self.modality!r}")
+        self.pc_range = _floats("pc_range", self.pc_range, 4)
+        x_min, y_min, x_max, y_max = self.pc_range
+        if not (x_min < x_max and y_min < y_max):
+            raise ValueError(f"pc_range must be (x_min, y_min, x_max, y_max) with min < max, "
+                             f"got {self.pc_range!r}")
+        self.bev_shape = _positive_ints("bev_shape", self.bev_shape, 2)
+        _positive_ints("bev_channels", [self.bev_channels], 1)
+        if self.bev_channels % 2:
+            raise ValueError(f"bev_channels must be even (row | column positional halves), "
+                             f"got {self.bev_channels}")
+        self.lss_z_range = _floats("lss_z_range", self.lss_z_range, 2)
+        if not self.lss_z_range[0] < self.lss_z_range[1]:
+            raise ValueError(f"lss_z_range must be (low, high) with low < high, "
+                             f"got {self.lss_z_range!r}")
+        for name, kind in (("camera", CameraConfig), ("gkt", GKTConfig), ("lidar", LidarConfig),
+                           ("head", MapHeadConfig)):
+            value = getattr(self, name)
+            if isinstance(value, dict):  # e.g. a TOML table
+                setattr(self, name, kind(**value))
+            elif not isinstance(value, kind):
+                raise TypeError(f"{name} must be a {kind.__name__} (or a dict of its fields), "
+                                f"got {type(value).__name__}")
+        if self.gkt.num_heights > self.bev_channels or self.bev_channels % self.gkt.num_heights:
+            raise ValueError(f"bev_channels ({self.bev_channels}) must be divisible by "
+                             f"gkt.num_heights ({self.gkt.num_heights}): one head per anchor")
+        if self.modality == "camera_dual" and self.camera.context_channels != self.bev_channels:
+            raise ValueError(f"camera.context_channels ({self.camera.context_channels}) must equal "
+                             f"bev_channels ({self.bev_channels}) for 'camera_dual' (the GKT and "
+                             f"LSS BEVs are compared by the relation distillation)")
+        if self.modality == "fusion":
+            if self.lidar.out_channels != self.bev_channels:
+                raise ValueError(f"lidar.out_channels ({self.lidar.out_channels}) must equal "
+                                 f"bev_channels ({self.bev_channels}) for 'fusion' (the camera "
+                                 f"and LiDAR BEVs are compared by the relation distillation)")
+            point_range = self.lidar_point_range
+            if any(abs(a - b) > 1e-6 for a, b in zip(
+                    (point_range[0], point_range[1], point_range[3], point_range[4]), self.pc_range)):
+                raise ValueError(f"lidar.point_range x / y must equal pc_range {self.pc_range}, "
+                                 f"got {point_range}")
+
+    @property
+    def lidar_point_range(self) -> tuple[float, ...]:
+        """(x0, y0, z0, x1, y1, z1) metres of the LiDAR voxel grid (map frame); without an
+        explicit lidar.point_range, pc_range with z in [-5, 3]."""
+        if self.lidar.point_range is not None:
+            return tuple(self.lidar.point_range)
+        x_min, y_min, x_max, y_max = self.pc_range
+        return (x_min, y_min, -5.0, x_max, y_max, 3.0)
+
+    @property
+    def cell_size(self) -> tuple[float, float]:
+        """(x, y) edge of a BEV cell, metres."""
+        x_min, y_min, x_max, y_max = self.pc_range
+        return (x_max - x_min) / self.bev_shape[1], (y_max - y_min) / self.bev_shape[0]
