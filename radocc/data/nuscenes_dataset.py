@@ -3,7 +3,8 @@
 The tables are read with the nuScenes devkit (``nuscenes.NuScenes``) and the scenes of a split come
 from ``nuscenes.utils.splits``. Each item is one key frame: six camera images with their intrinsics
 and poses, the LiDAR sweep(s) in the ego frame, the Occ3D ground truth and (when present) the SAM
-segment maps. The ego frame is that of the key frame's LiDAR (the Occ3D grid frame).
+segment maps. The ego frame is that of the key frame's LiDAR (the Occ3D grid frame). With
+``DatasetConfig(vectors=True)`` items also carry the vector-map ground truth (radocc.data.vectors).
 """
 
 from __future__ import annotations
@@ -27,11 +28,12 @@ from radocc.data.rig import CAMERA_NAMES, LIDAR_NAME
 from radocc.data.transforms import (
     bev_flip_matrix, flip_occupancy, flip_points, image_transform,
 )
+from radocc.data.vectors import VECTOR_ITEM_KEYS, MapVectorSource, vector_item
 
 SEGMENTS_DIR = "sam_segments"
 POINT_DIMS = 5
 """Floats per point in a nuScenes ``.pcd.bin``: x, y, z, intensity, ring."""
-INDEX_FORMAT = 1
+INDEX_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,10 @@ class DatasetConfig:
     seed: augmentation seed (item i uses seed (seed, i)); None draws fresh randomness.
     skip_bad_samples: on a bad file warn, count the sample in ``skipped`` and return the next one.
     index_cache: JSON file caching the sample index (rebuilt when it does not match).
+    vectors: add the vector-map ground truth (MapTR classes, 60 x 30 m patch, map frame; see
+        radocc.data.vectors) to each item; needs ``<root>/maps/expansion/<location>.json``.
+    vector_cache: directory caching each sample's clipped map lines (one .npz per sample, shared by
+        workers and epochs); None keeps only an in-memory cache per process.
     """
 
     image_size: tuple[int, int] | None = None
@@ -63,6 +69,8 @@ class DatasetConfig:
     seed: int | None = None
     skip_bad_samples: bool = False
     index_cache: str | None = None
+    vectors: bool = False
+    vector_cache: str | None = None
 
 
 SPLIT_ALIASES: dict[str, dict[str, str]] = {
@@ -202,7 +210,8 @@ def _sample_record(nusc, sample: dict, scene: dict, cameras: tuple[str, ...], li
                            time_lag=(lidar_sd["timestamp"] - sd["timestamp"]) / 1e6))
         prev = sd["prev"]
     return dict(sample_token=sample["token"], scene_token=scene["token"], scene_name=scene["name"],
-                timestamp=sample["timestamp"], cameras=cams, lidar_filename=lidar_sd["filename"],
+                location=nusc.get("log", scene["log_token"])["location"], timestamp=sample["timestamp"],
+                cameras=cams, lidar_filename=lidar_sd["filename"],
                 lidar2ego=lidar2ego.tolist(), ego2global=ego2global.tolist(), sweeps=sweeps,
                 occ_path=occ_path(scene["name"], sample["token"]))
 
@@ -263,6 +272,10 @@ class NuScenesOccDataset(Dataset):
         semantics [200, 200, 16] int64 (17 = free), mask_lidar / mask_camera [200, 200, 16] bool;
         segments [N, H, W] int64 (only when segments are loaded); sample_token, scene_token,
         scene_name (str), timestamp (int, microseconds), image_files (list of str, relative).
+        With ``config.vectors``: ego2map [4, 4] float32 (cam2map = ego2map @ cam2ego; the map frame
+        is the unaugmented LiDAR frame mirrored by the BEV flip), map_points [M, 20, 2] float32
+        metres, map_labels [M] int64, map_orderings [M, 19, 20, 2] float32, map_ordering_valid
+        [M, 19] bool, map_lines (list of M float64 numpy [Ni, 2]); see radocc.data.vectors.
     Raises DataError (naming the file and what was expected) on bad input, unless
     ``config.skip_bad_samples``: then bad samples are skipped with a warning and their indices
     collected in ``skipped`` (per process when a DataLoader uses workers).
@@ -283,6 +296,11 @@ class NuScenesOccDataset(Dataset):
         self.records = self._load_index()
         self.segments = (os.path.isdir(os.path.join(self.root, SEGMENTS_DIR)) if config.load_segments is None
                          else bool(config.load_segments))
+        self.map_vectors = None
+        if config.vectors:
+            self.map_vectors = MapVectorSource(self.root, config.vector_cache)
+            for location in sorted({rec["location"] for rec in self.records}):
+                self.map_vectors.local_map.check_file(location)
 
     def _index_key(self) -> dict[str, Any]:
         return dict(format=INDEX_FORMAT, root=self.root, version=self.version, split=self.split,
@@ -358,6 +376,8 @@ class NuScenesOccDataset(Dataset):
                 segments.append(tf.apply_nearest(read_segments(seg_path, source)))
         lidar2ego = np.asarray(rec["lidar2ego"])
         ego2global = np.asarray(rec["ego2global"])
+        vectors = (None if self.map_vectors is None else
+                   self.map_vectors.vectors(rec["sample_token"], rec["location"], ego2global @ lidar2ego))
         points = self._points(rec, lidar2ego)
         labels = occ3d.load_labels(os.path.join(self.root, rec["occ_path"]))
         semantics, mask_lidar, mask_camera = labels.semantics, labels.mask_lidar, labels.mask_camera
@@ -389,6 +409,8 @@ class NuScenesOccDataset(Dataset):
         )
         if self.segments:
             item["segments"] = torch.from_numpy(np.stack(segments))
+        if vectors is not None:
+            item.update(vector_item(vectors, np.asarray(rec["lidar2ego"]), bda))
         return item
 
     def _points(self, rec: dict, lidar2ego: np.ndarray) -> np.ndarray:
@@ -405,7 +427,9 @@ class NuScenesOccDataset(Dataset):
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     """Batch dataset items: tensors of one shape are stacked ([B, ...]); points are padded with zeros
-    to ``points`` [B, P_max, 5] with ``num_points`` [B]; everything else becomes a list."""
+    to ``points`` [B, P_max, 5] with ``num_points`` [B]; the per-instance map keys (map_points,
+    map_labels, map_orderings, map_ordering_valid, map_lines: M differs per sample) and everything
+    else become lists."""
     if not items:
         raise ValueError("collate needs at least one item")
     out: dict[str, Any] = {}
@@ -417,6 +441,8 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
             for i, v in enumerate(values):
                 padded[i, : len(v)] = v
             out["points"], out["num_points"] = padded, counts
+        elif key in VECTOR_ITEM_KEYS:
+            out[key] = values
         elif isinstance(values[0], torch.Tensor):
             shapes = {tuple(v.shape) for v in values}
             if len(shapes) > 1:
