@@ -328,3 +328,40 @@ def test_mapdistill_scale_builds():
     assert model.lss.bev_shape == (1, 80, 40)
     teacher = MapModelConfig(modality="fusion", camera=CameraConfig(backbone="resnet50"))
     assert teacher.lidar_point_range == (-15.0, -30.0, -5.0, 15.0, 30.0, 3.0)
+
+
+@pytest.mark.slow
+def test_student_exports_to_onnx(tmp_path):
+    """GKT (index_select), LSS (static splat) and the head (grid_sample) export; onnxruntime
+    agrees with PyTorch."""
+    pytest.importorskip("onnxscript")
+    onnxruntime = pytest.importorskip("onnxruntime")
+    from radocc.export import inverse_3x3
+
+    class Outputs(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, images, intrinsics, cam2map):
+            out = self.model(images, intrinsics, cam2map)
+            return out.cls_logits[-1], out.points[-1], out.bev
+
+    torch.manual_seed(0)
+    module = Outputs(MapModel(tiny_config("camera_dual")).eval())
+    intrinsics, cam2map = rig(2, 2, 64, 112)
+    args = (torch.rand(2, 2, 3, 64, 112), intrinsics, cam2map)
+    path = tmp_path / "student.onnx"
+    with torch.no_grad():
+        program = torch.export.export(module, args, strict=False)
+        table = torch.export.default_decompositions()
+        table[torch.ops.aten.linalg_inv.default] = inverse_3x3
+        torch.onnx.export(program.run_decompositions(table), args, str(path), dynamo=True,
+                          opset_version=18, input_names=["images", "intrinsics", "cam2map"],
+                          external_data=False, verbose=False)
+        expected = module(*args)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"images": args[0].numpy(), "intrinsics": intrinsics.numpy(),
+                             "cam2map": cam2map.numpy()})
+    for array, tensor in zip(got, expected):
+        torch.testing.assert_close(torch.from_numpy(array), tensor, rtol=1e-4, atol=1e-4)

@@ -70,11 +70,11 @@ def project_anchors(anchors: Tensor, intrinsics: Tensor, cam2map: Tensor,
         pixels [B, N, Q, Z, 2] (u, v) image pixels (meaningless where not valid) and valid
         [B, N, Q, Z] bool: in front of the camera and inside the image.
     """
-    map2cam = torch.linalg.inv(cam2map)                                        # [B, N, 4, 4]
-    # K [R | t]: one 3x4 per camera, applied to every anchor at once.
-    projection = intrinsics @ map2cam[..., :3, :]                              # [B, N, 3, 4]
-    points = anchors.reshape(1, 1, -1, 3)
-    uvw = points @ projection[..., :3].transpose(-1, -2) + projection[..., None, :, 3]
+    # map -> camera: A^-1 (x - t) for cam2map = [A | t] (a 3x3 inverse, which the ONNX export
+    # decomposes); then K: one 3x3 per camera, applied to every anchor at once.
+    projection = intrinsics @ torch.linalg.inv(cam2map[..., :3, :3])           # [B, N, 3, 3]
+    points = anchors.reshape(1, 1, -1, 3) - cam2map[..., None, :3, 3]          # [B, N, QZ, 3]
+    uvw = points @ projection.transpose(-1, -2)
     depth = uvw[..., 2]
     pixels = uvw[..., :2] / depth.clamp(min=_DEPTH_EPS)[..., None]
     height, width = image_size
