@@ -88,6 +88,23 @@ def test_map_model_shapes_and_gradients(modality):
     assert not dead, dead
 
 
+def test_samples_of_a_batch_do_not_mix():
+    torch.manual_seed(0)
+    model = MapModel(tiny_config("camera_dual")).eval()
+    images = torch.rand(2, 2, 3, 64, 112)
+    intrinsics, cam2map = rig(2, 2, 64, 112)
+    with torch.no_grad():
+        first = model(images, intrinsics, cam2map)
+        images[1] = torch.rand(2, 3, 64, 112)
+        cam2map[1, :, 2, 3] = 1.0
+        second = model(images, intrinsics, cam2map)
+    torch.testing.assert_close(first.bev[0], second.bev[0])
+    torch.testing.assert_close(first.points[:, 0], second.points[:, 0])
+    torch.testing.assert_close(first.cls_logits[:, 0], second.cls_logits[:, 0])
+    assert not torch.allclose(first.bev_a[1], second.bev_a[1])
+    assert not torch.allclose(first.bev_b[1], second.bev_b[1])
+
+
 def test_lss_and_lidar_branches_only_where_asked():
     camera = MapModel(tiny_config("camera"))
     dual = MapModel(tiny_config("camera_dual"))
@@ -314,8 +331,13 @@ def test_config_errors():
         tiny_config("camera", gkt=GKTConfig(num_heights=3))
     with pytest.raises(ValueError, match="pc_range"):
         MapModelConfig(pc_range=(15, -30, -15, 30))
-    config = MapModelConfig(modality="fusion", gkt={"kernel": [3, 5]}, head={"num_vectors": 50})
+    config = MapModelConfig(modality="fusion", gkt={"kernel": [3, 5]}, head={"num_vectors": 50},
+                            camera={"backbone": "resnet50"}, lidar={"max_voxels": 1000})
     assert config.gkt.kernel == (3, 5) and config.head.num_vectors == 50
+    # TOML tables override the map defaults, not the occupancy model's.
+    assert config.camera.backbone == "resnet50" and config.camera.depth_bins == (1.0, 35.0, 0.5)
+    assert config.camera.context_channels == 256
+    assert config.lidar.max_voxels == 1000 and config.lidar.point_range == (-15, -30, -5, 15, 30, 3)
     assert config.cell_size == (0.75, 0.75)
 
 

@@ -273,6 +273,8 @@ class MapModelConfig:
         relation distillation compares the two BEVs of a model, so the LSS context channels
         (camera_dual) and the LiDAR out_channels (fusion) must equal it.
     camera: image encoder (backbone, neck) and LSS settings (depth bins, context channels).
+        Given as a dict (a TOML table), camera and lidar override the defaults here (MapDistill's
+        R18 student camera, MapTR's fusion LiDAR grid), not those of the occupancy model.
     lss_z_range: the single height bin of the LSS pooling, map frame metres (LSS / BEVFusion:
         [-10, 10]); x / y follow pc_range and bev_shape.
     gkt: GKT settings. lidar: LiDAR branch (its point_range x / y must equal pc_range).
@@ -306,11 +308,13 @@ class MapModelConfig:
         if not self.lss_z_range[0] < self.lss_z_range[1]:
             raise ValueError(f"lss_z_range must be (low, high) with low < high, "
                              f"got {self.lss_z_range!r}")
+        defaults = {"camera": _default_map_camera, "gkt": GKTConfig, "lidar": _default_map_lidar,
+                    "head": MapHeadConfig}
         for name, kind in (("camera", CameraConfig), ("gkt", GKTConfig), ("lidar", LidarConfig),
                            ("head", MapHeadConfig)):
             value = getattr(self, name)
-            if isinstance(value, dict):  # e.g. a TOML table
-                setattr(self, name, kind(**value))
+            if isinstance(value, dict):  # e.g. a TOML table: it overrides this class's defaults
+                setattr(self, name, kind(**{**vars(defaults[name]()), **value}))
             elif not isinstance(value, kind):
                 raise TypeError(f"{name} must be a {kind.__name__} (or a dict of its fields), "
                                 f"got {type(value).__name__}")
