@@ -37,7 +37,6 @@ from scipy.spatial.distance import cdist
 
 __all__ = [
     "ChamferMapAP", "chamfer_matrix", "resample_polyline", "average_precision",
-    "decode_map_predictions",
 ]
 
 ArrayLike = Any  # numpy array, torch tensor or nested sequence
@@ -200,42 +199,6 @@ def average_precision(recalls: np.ndarray, precisions: np.ndarray) -> float:
     return float(np.sum((mrec[idx + 1] - mrec[idx]) * mpre[idx + 1]))
 
 
-# ----------------------------------------------------------------------------- decoding
-def decode_map_predictions(cls_logits: torch.Tensor, points: torch.Tensor,
-                           pc_range: Sequence[float] = (-15.0, -30.0, 15.0, 30.0),
-                           max_num: int = 50) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """MapTR's NMS-free decoding of one sample: the ``max_num`` best (query, class) pairs.
-
-    As MapTR's ``MapTRNMSFreeCoder``: sigmoid scores of all queries x classes, top ``max_num``
-    of the flattened scores (a query may appear once per class), points denormalised.
-
-    Args:
-        cls_logits: [N, C] sigmoid logits (one sample, one decoder layer).
-        points: [N, P, 2] normalised points in [0, 1].
-        pc_range: (x_min, y_min, x_max, y_max) metres.
-        max_num: how many (query, class) pairs to keep.
-    Returns:
-        (lines [K, P, 2] metres, scores [K], labels [K] int64), K = min(max_num, N * C), in
-        descending score; ready for `ChamferMapAP.update`.
-    """
-    if not isinstance(cls_logits, torch.Tensor) or cls_logits.dim() != 2:
-        raise ValueError(f"cls_logits must be a tensor [N, C], got "
-                         f"{getattr(cls_logits, 'shape', type(cls_logits).__name__)}")
-    n, c = cls_logits.shape
-    if (not isinstance(points, torch.Tensor) or points.dim() != 3 or points.shape[0] != n
-            or points.shape[2] != 2):
-        raise ValueError(f"points must be a tensor [N={n}, P, 2], got "
-                         f"{getattr(points, 'shape', type(points).__name__)}")
-    if len(pc_range) != 4:
-        raise ValueError(f"pc_range must be (x_min, y_min, x_max, y_max), got {pc_range!r}")
-    x_min, y_min, x_max, y_max = (float(v) for v in pc_range)
-    scores, flat = cls_logits.detach().sigmoid().reshape(-1).topk(min(max_num, n * c))
-    labels, query = flat % c, flat // c
-    lo = points.new_tensor([x_min, y_min])
-    size = points.new_tensor([x_max - x_min, y_max - y_min])
-    return points.detach()[query] * size + lo, scores, labels
-
-
 # ----------------------------------------------------------------------------- the metric
 class ChamferMapAP:
     """Chamfer-distance AP of vector-map predictions (MapTR's protocol, see the module docstring).
@@ -287,7 +250,7 @@ class ChamferMapAP:
         """Add one sample.
 
         Args:
-            pred_lines: [N, P, 2] metres, P >= 2 (e.g. from `decode_map_predictions`).
+            pred_lines: [N, P, 2] metres, P >= 2 (e.g. from ``MapModel.decode``, MapTR's top 50).
             pred_scores: [N] confidences (any real numbers; only their order matters).
             pred_labels: [N] integer classes in [0, len(class_names)).
             gt_lines: [M, Q, 2] metres, or a list of M arrays [Q_i, 2] (the original clipped

@@ -15,7 +15,7 @@ from shapely.geometry import CAP_STYLE, JOIN_STYLE, LineString
 
 import radocc.metrics
 from radocc.map_metrics import (ChamferMapAP, average_precision, chamfer_matrix,
-                                decode_map_predictions, resample_polyline)
+                                resample_polyline)
 
 DIVIDER, PED, BOUNDARY = 0, 1, 2
 
@@ -208,18 +208,6 @@ def test_average_precision_envelope():
     ap = average_precision(np.array([0.5, 0.5, 1.0]), np.array([1.0, 0.5, 2 / 3]))
     assert ap == pytest.approx(5 / 6)
     assert average_precision(np.zeros(0), np.zeros(0)) == 0.0
-
-
-def test_decode_map_predictions_top_k_over_queries_and_classes():
-    logits = torch.full((4, 3), -5.0)
-    logits[2, 0], logits[2, 2], logits[0, 1] = 3.0, 2.0, 1.0  # query 2 twice
-    pts = torch.rand(4, 20, 2)
-    lines, scores, labels = decode_map_predictions(logits, pts, max_num=3)
-    assert labels.tolist() == [0, 2, 1]
-    torch.testing.assert_close(scores, torch.sigmoid(torch.tensor([3.0, 2.0, 1.0])))
-    expect = pts[[2, 2, 0]] * torch.tensor([30.0, 60.0]) + torch.tensor([-15.0, -30.0])
-    torch.testing.assert_close(lines, expect)
-    assert decode_map_predictions(logits, pts)[0].shape == (12, 20, 2)  # N * C < 50
 
 
 # ----------------------------------------------------------------------------- bad input
