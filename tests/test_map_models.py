@@ -138,6 +138,19 @@ def test_lidar_point_lights_the_cell_of_its_x_and_y():
     assert torch.equal(lit, expected)
 
 
+def test_lss_bev_rows_follow_y_and_columns_follow_x():
+    torch.manual_seed(0)
+    lss = MapModel(tiny_config("camera_dual")).lss
+    intrinsics, cam2map = rig(1, 4, 64, 112)        # cameras look along +y, -x, -y, +x
+    features = torch.rand(1, 1, 32, 4, 7)
+    with torch.no_grad():
+        ahead = lss(features, intrinsics[:, :1], cam2map[:, :1], (64, 112))[0][0].abs().sum(0)
+        right = lss(features, intrinsics[:, 3:], cam2map[:, 3:], (64, 112))[0][0].abs().sum(0)
+    assert ahead.shape == right.shape == (20, 10)
+    assert (ahead[:10] == 0).all() and (ahead[10:] > 0).any()           # rows 10.. have y > 0
+    assert (right[:, :5] == 0).all() and (right[:, 5:] > 0).any()       # columns 5.. have x > 0
+
+
 def test_bev_anchors_layout():
     anchors = bev_anchors((20, 10), PC_RANGE, (-2.0, 2.0), 4)
     assert anchors.shape == (200, 4, 3)
@@ -208,6 +221,8 @@ def test_gkt_cell_attends_to_the_pixel_its_anchor_projects_to():
             seen += 1
             assert index[0, 0, q, 0, 0].item() == pixel[0] * w + pixel[1], q
     assert seen > 20
+    seen_cells = valid[0, 0, :, 0].view(20, 10)                          # [H rows (y), W columns (x)]
+    assert not seen_cells[:10].any() and seen_cells[10:].any()             # the camera looks along +y
     # One lit feature pixel: exactly the cells whose anchor lands on it read it.
     target = (2, 5)  # every anchor lies below the horizon: rows 2 and 3
     features = torch.zeros(1, 1, 8, h, w)
