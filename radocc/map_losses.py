@@ -98,10 +98,9 @@ def _float(x: object, name: str, ndim: int, shape: str) -> Tensor:
     return x
 
 
-def _check_dims(x: Tensor, name: str, shape: str, **expected: int) -> None:
-    """Check named sizes: ``expected`` maps a dimension index written as d0, d1, ... to a size."""
-    for key, size in expected.items():
-        dim = int(key[1:])
+def _check_dims(x: Tensor, name: str, shape: str, expected: dict[int, int]) -> None:
+    """Check sizes: ``expected`` maps a dimension index to its required size."""
+    for dim, size in expected.items():
         if x.shape[dim] != size:
             raise ValueError(f"{name} must be {shape}, got shape {tuple(x.shape)} "
                              f"(dimension {dim} should be {size})")
@@ -209,11 +208,11 @@ def hungarian_match(cls_logits: Tensor, pred_points: Tensor, gt_labels: Tensor,
     cls_logits = _float(cls_logits, "cls_logits", 2, "[N, C]")
     n, c = cls_logits.shape
     pred_points = _float(pred_points, "pred_points", 3, "[N, P, 2]")
-    _check_dims(pred_points, "pred_points", "[N, P, 2]", d0=n, d2=2)
+    _check_dims(pred_points, "pred_points", "[N, P, 2]", {0: n, 2: 2})
     p = pred_points.shape[1]
     gt_orderings = _float(gt_orderings, "gt_orderings", 4, "[M, S, P, 2]")
     m, s = gt_orderings.shape[:2]
-    _check_dims(gt_orderings, "gt_orderings", "[M, S, P, 2] (P as pred_points)", d2=p, d3=2)
+    _check_dims(gt_orderings, "gt_orderings", "[M, S, P, 2] (P as pred_points)", {2: p, 3: 2})
     gt_labels = _labels(gt_labels, "gt_labels", m, c)
     if not isinstance(gt_ordering_valid, Tensor) or gt_ordering_valid.dtype != torch.bool:
         raise TypeError(f"gt_ordering_valid must be a bool tensor [M, S], got "
@@ -314,7 +313,7 @@ def maptr_loss(cls_logits: Tensor, points: Tensor, targets: Sequence[MapTarget |
     cls_logits = _float(cls_logits, "cls_logits", 4, "[L, B, N, C]")
     num_layers, batch, n, c = cls_logits.shape
     points = _float(points, "points", 5, "[L, B, N, P, 2]")
-    _check_dims(points, "points", "[L, B, N, P, 2]", d0=num_layers, d1=batch, d2=n, d4=2)
+    _check_dims(points, "points", "[L, B, N, P, 2]", {0: num_layers, 1: batch, 2: n, 4: 2})
     _same_device((cls_logits, "cls_logits"), (points, "points"))
     p = points.shape[3]
     box = _pc_range(pc_range)
@@ -331,14 +330,23 @@ def maptr_loss(cls_logits: Tensor, points: Tensor, targets: Sequence[MapTarget |
         t = _target(t, b)
         orderings = _float(t.orderings, f"targets[{b}].orderings", 4, "[M, S, P, 2]")
         _check_dims(orderings, f"targets[{b}].orderings", "[M, S, P, 2] (P as points)",
-                    d2=p, d3=2)
+                    {2: p, 3: 2})
         if not bool(torch.isfinite(orderings).all()):
             raise ValueError(f"targets[{b}].orderings has non-finite (NaN or inf) values")
         labels = _labels(t.labels, f"targets[{b}].labels", orderings.shape[0], c)
-        orderings = orderings.to(points.device, dtype)
         valid = t.ordering_valid
+        if not isinstance(valid, Tensor) or valid.dtype != torch.bool:
+            raise TypeError(f"targets[{b}].ordering_valid must be a bool tensor [M, S], got "
+                            f"{getattr(valid, 'dtype', type(valid).__name__)}")
+        if valid.shape != orderings.shape[:2]:
+            raise ValueError(f"targets[{b}].ordering_valid must be [M, S] = "
+                             f"{list(orderings.shape[:2])}, got shape {tuple(valid.shape)}")
+        if not bool(valid.any(dim=1).all()):
+            raise ValueError(f"targets[{b}].ordering_valid: instance "
+                             f"{int((~valid.any(dim=1)).nonzero()[0, 0])} has no valid ordering")
+        orderings = orderings.to(points.device, dtype)
         gts.append((labels.to(points.device), orderings, normalize_points(orderings, box),
-                    valid.to(points.device) if isinstance(valid, Tensor) else valid))
+                    valid.to(points.device)))
 
     out = {"map_cls": None, "map_pts": None, "map_dir": None}
     with _autocast_off():
@@ -539,13 +547,14 @@ def head_distillation_loss(student_cls: Tensor, student_points: Tensor, teacher_
     student_cls = _float(student_cls, "student_cls", 3, "[B, N, C]")
     batch, n, c = student_cls.shape
     student_points = _float(student_points, "student_points", 4, "[B, N, P, 2]")
-    _check_dims(student_points, "student_points", "[B, N, P, 2]", d0=batch, d1=n, d3=2)
+    _check_dims(student_points, "student_points", "[B, N, P, 2]", {0: batch, 1: n, 3: 2})
     p = student_points.shape[2]
     teacher_cls = _float(teacher_cls, "teacher_cls", 3, "[B, N_t, C]")
-    _check_dims(teacher_cls, "teacher_cls", "[B, N_t, C] (B, C as student_cls)", d0=batch, d2=c)
+    _check_dims(teacher_cls, "teacher_cls", "[B, N_t, C] (B, C as student_cls)",
+                {0: batch, 2: c})
     teacher_points = _float(teacher_points, "teacher_points", 4, "[B, N_t, P, 2]")
     _check_dims(teacher_points, "teacher_points", "[B, N_t, P, 2] (as teacher_cls, P as "
-                "student_points)", d0=batch, d1=teacher_cls.shape[1], d2=p, d3=2)
+                "student_points)", {0: batch, 1: teacher_cls.shape[1], 2: p, 3: 2})
     _same_device((student_cls, "student_cls"), (student_points, "student_points"),
                  (teacher_cls, "teacher_cls"), (teacher_points, "teacher_points"))
     if (isinstance(score_threshold, bool) or not isinstance(score_threshold, (int, float))

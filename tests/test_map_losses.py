@@ -304,6 +304,12 @@ def test_maptr_loss_bad_input():
     with pytest.raises(ValueError, match="targets\\[0\\].orderings has non-finite"):
         maptr_loss(logits, points, [MapTarget(good.labels, good.orderings * math.nan,
                                               good.ordering_valid)])
+    with pytest.raises(TypeError, match="targets\\[0\\].ordering_valid must be a bool"):
+        maptr_loss(logits, points, [MapTarget(good.labels, good.orderings,
+                                              good.ordering_valid.float())])
+    with pytest.raises(ValueError, match="targets\\[0\\].ordering_valid: instance 0 has no"):
+        maptr_loss(logits, points, [MapTarget(good.labels, good.orderings,
+                                              good.ordering_valid & False)])
     with pytest.raises(ValueError, match="without 'map_orderings'"):
         maptr_loss(logits, points, [{"map_labels": good.labels}])
     with pytest.raises(ValueError, match="pc_range"):
