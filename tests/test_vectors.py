@@ -255,9 +255,10 @@ def test_dividers_match_the_devkit_layer_clip(tmp_path):
     for _ in range(6):
         m.line("lane_divider", to_global(lidar2global, np.cumsum(rng.normal(size=(5, 2)) * 12, axis=0)))
     m.write(tmp_path)
-    vlm = VectorizedLocalMap(str(tmp_path))
-    lines, labels = vlm.lines(LOCATION, lidar2global)
-    explorer = vlm.location_map(LOCATION).explorer
+    from nuscenes.map_expansion.map_api import NuScenesMap, NuScenesMapExplorer
+
+    lines, labels = VectorizedLocalMap(str(tmp_path)).lines(LOCATION, lidar2global)
+    explorer = NuScenesMapExplorer(NuScenesMap(str(tmp_path), LOCATION))
     x, y, yaw = lidar_patch_pose(lidar2global)
     ref = explorer._get_layer_line((x, y, 60.0, 30.0), np.degrees(yaw), "lane_divider")
     ref_lines = [np.asarray(g.coords) for r in ref for g in (getattr(r, "geoms", None) or [r])]
@@ -342,6 +343,18 @@ def test_broken_map_files_raise_data_errors(tmp_path):
     m.obj["line"][0]["node_tokens"].append("no-such-node")
     path = m.write(tmp_path)
     with pytest.raises(DataError, match="no-such-node"):
+        VectorizedLocalMap(str(tmp_path)).lines(LOCATION, pose(0.0, 0.0, 0.0))
+    m = MapFile()
+    m.line("road_divider", [(0.0, 0.0), (10.0, 0.0)])
+    m.obj["node"][1]["x"] = float("nan")
+    m.write(tmp_path)
+    with pytest.raises(DataError, match="non-finite node coordinates"):
+        VectorizedLocalMap(str(tmp_path)).lines(LOCATION, pose(0.0, 0.0, 0.0))
+    m = MapFile()
+    m.polygon("ped_crossing", rect(0, 4, 0, 4))
+    del m.obj["ped_crossing"][0]["polygon_token"]
+    m.write(tmp_path)
+    with pytest.raises(DataError, match="cannot be read by nuscenes-devkit"):
         VectorizedLocalMap(str(tmp_path)).lines(LOCATION, pose(0.0, 0.0, 0.0))
     with open(path, "w") as f:
         f.write("{not json")

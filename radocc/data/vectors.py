@@ -16,11 +16,13 @@ Each instance keeps its clipped geometry (``lines``, for the Chamfer AP, which r
 and is resampled to 20 points equally spaced by arc length with its equivalent orderings: an open
 polyline has 2 (forward, reversed), a closed ring (first point == last) its 19 cyclic shifts.
 
-The maps are read with nuscenes-devkit (``NuScenesMap``; its ``NuScenesMapExplorer`` gives the patch
-box), once per location and process. Unlike MapTR, which loops over every record of a layer for
-every sample, each layer's geometries are built once and queried with a shapely STRtree; degenerate
-records are repaired or dropped there (zero-length lines dropped, self-intersecting polygons
-repaired with ``make_valid``), never passed on to shapely operations that would raise.
+The maps are read with nuscenes-devkit (``NuScenesMap``; ``NuScenesMapExplorer.get_patch_coord``
+gives the rotated patch box), once per location and process. Unlike MapTR, which loops over every
+record of a layer for every sample, each layer's geometries are built once and queried with a
+shapely STRtree (the clip itself is MapTR's: intersect with the rotated patch, rotate by -yaw,
+shift). Degenerate records are repaired or dropped there (zero-length lines and polygons of fewer
+than 3 distinct nodes or no area dropped; self-intersecting polygons repaired with ``make_valid``,
+where MapTR drops them), never passed on to shapely operations that would raise.
 
 BEV flips: the loader mirrors the ego frame by F = ``bda``. :func:`ego_to_map` returns
 ego2map = G @ inv(lidar2ego) @ F, where G mirrors the map frame about the LiDAR origin in the map
@@ -345,17 +347,21 @@ class _Layer:
 
 
 class _LocationMap:
-    """One location's map: the devkit objects and, per layer used, the repaired geometries + STRtree."""
+    """One location's map: per layer used, the repaired geometries and their STRtree.
 
-    def __init__(self, path: str, nusc_map, explorer):
+    Built from an opened ``NuScenesMap``, which is not kept: the geometries are all that the patches
+    need, and a real map's parsed JSON (hundreds of MB) would otherwise stay in every worker.
+    """
+
+    def __init__(self, path: str, nusc_map):
         self.path = path
         self.nusc_map = nusc_map
-        self.explorer = explorer
         self.layers: dict[str, _Layer] = {}
         for name in DIVIDER_LAYERS:
             self.layers[name] = self._build(name, self._line)
         for name in PED_CROSSING_LAYERS + BOUNDARY_LAYERS:
             self.layers[name] = self._build(name, self._polygon)
+        del self.nusc_map
 
     def _build(self, name: str, make: Callable[[dict, str], Any]) -> _Layer:
         geoms = []
@@ -463,7 +469,7 @@ class VectorizedLocalMap:
         other-version file."""
         if location in self._maps:
             return self._maps[location]
-        from nuscenes.map_expansion.map_api import NuScenesMap, NuScenesMapExplorer
+        from nuscenes.map_expansion.map_api import NuScenesMap
 
         path = self.check_file(location)
         try:
@@ -476,7 +482,7 @@ class VectorizedLocalMap:
                             f"({type(exc).__name__}: {exc}); expected the v{MAP_VERSION} schema") from exc
         if nusc_map.version != MAP_VERSION:
             raise _version_error(path, nusc_map.version)
-        self._maps[location] = _LocationMap(path, nusc_map, NuScenesMapExplorer(nusc_map))
+        self._maps[location] = _LocationMap(path, nusc_map)
         return self._maps[location]
 
     def lines(self, location: str, lidar2global: Any) -> tuple[list[np.ndarray], np.ndarray]:
@@ -489,10 +495,12 @@ class VectorizedLocalMap:
             lines: M float64 [Ni, 2] metres in the map frame (dividers, then ped crossings, then
             boundaries); labels [M] int64.
         """
+        from nuscenes.map_expansion.map_api import NuScenesMapExplorer
+
         x, y, yaw = lidar_patch_pose(lidar2global)
         m = self.location_map(location)
         height, width = self.patch_size
-        patch = m.explorer.get_patch_coord((x, y, height, width), float(np.degrees(yaw)))
+        patch = NuScenesMapExplorer.get_patch_coord((x, y, height, width), float(np.degrees(yaw)))
         c, s = np.cos(yaw), np.sin(yaw)
         to_local = [c, s, -s, c, -(c * x + s * y), s * x - c * y]  # R(-yaw) (p - (x, y))
         lines: list[np.ndarray] = []
