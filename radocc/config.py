@@ -4,15 +4,24 @@ What a config names is what runs. ``load_config(path, overrides)`` reads a TOML 
 :class:`ExperimentConfig`; ``--set section.key=value`` overrides are parsed as TOML values and
 type-checked like the file. An unknown key is an error naming the closest valid key.
 
-    name = "radocc"                  # top level: name, role, seed
+    name = "radocc"                  # top level: name, task, role, seed
+    task = "occupancy"               # "occupancy" | "map" (vector map) | "multi" (both heads)
     role = "student"                 # "teacher" | "student"
-    [data]      root, version, splits, image size, augmentation, loader workers, batch size
-    [model]     radocc.models.ModelConfig (modality, camera, lidar, bev_encoder, head, ...)
-    [teacher]   config + checkpoint of the frozen teacher a student distils from
-    [loss]      weights of occupancy, depth, RDC, RSC, feature and logit alignment; RSC mode
-    [render]    which rays are rendered for RDC / RSC, and how
-    [optim]     AdamW, warm-up + cosine, gradient clipping, EMA
-    [train]     epochs, logging, validation, mixed precision
+    [data]        root, version, splits, image size, augmentation, loader workers, batch size
+    [model]       radocc.models.ModelConfig (modality, camera, lidar, bev_encoder, head, ...)
+    [teacher]     config + checkpoint of the frozen teacher a student distils from
+    [loss]        weights of occupancy, depth, RDC, RSC, feature and logit alignment; RSC mode
+    [render]      which rays are rendered for RDC / RSC, and how
+    [map_model]   radocc.models.MapModelConfig (modality, pc_range, bev_shape, camera, gkt, head)
+    [map_loss]    MapTR head weights, MapDistill weights (relation, feature, head), their settings
+    [map_teacher] the frozen map teacher of a multi-task student (task "map" uses [teacher])
+    [optim]       AdamW, warm-up + cosine, gradient clipping, EMA
+    [train]       epochs, logging, validation, mixed precision
+
+Which sections a task reads: "occupancy" [model] [loss] [render] [teacher]; "map" [map_model]
+[map_loss] [teacher] (a map teacher); "multi" all of them, [teacher] being the occupancy teacher
+(RDC / RSC) and [map_teacher] the map teacher (MapDistill). The other sections keep their
+defaults and are ignored.
 """
 
 from __future__ import annotations
@@ -27,12 +36,16 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from radocc.losses import LOSS_WEIGHTS
-from radocc.models.config import ModelConfig
+from radocc.map_losses import HEAD_SCORE_THRESHOLD, MAP_LOSS_WEIGHTS
+from radocc.models.config import MapModelConfig, ModelConfig
 
 __all__ = [
-    "ConfigError", "DataSection", "TeacherSection", "LossSection", "RenderSection", "OptimSection",
-    "TrainSection", "ExperimentConfig", "load_config", "from_dict", "to_dict", "apply_overrides",
+    "ConfigError", "DataSection", "TeacherSection", "LossSection", "RenderSection", "MapLossSection",
+    "OptimSection", "TrainSection", "ExperimentConfig", "TASKS", "load_config", "from_dict",
+    "to_dict", "apply_overrides",
 ]
+
+TASKS = ("occupancy", "map", "multi")
 
 
 class ConfigError(ValueError):
@@ -61,6 +74,9 @@ class DataSection:
     """Use only the first N training samples (0 = all): for smoke tests."""
     max_val_samples: int = 0
     """Evaluate only the first N validation samples (0 = all)."""
+    vector_cache: str = ""
+    """Folder caching each sample's vector-map ground truth (tasks "map" / "multi"); empty =
+    ``<run folder>/vector_cache`` in training, memory only in evaluation."""
 
 
 @dataclass
@@ -112,6 +128,40 @@ class RenderSection:
 
 
 @dataclass
+class MapLossSection:
+    """Vector-map losses (tasks "map" / "multi"): MapTR's head losses and MapDistill's terms.
+
+    The head weights are MapTR's (focal 2, point L1 5, edge direction 0.005); the distillation
+    weights default to ``radocc.map_losses.MAP_LOSS_WEIGHTS`` (the released MapDistill code), so a
+    baseline student or a teacher sets them to 0.
+    """
+
+    cls: float = 2.0
+    pts: float = 5.0
+    dir: float = 0.005
+    relation: float = MAP_LOSS_WEIGHTS["relation"]
+    """Cross-modal relation distillation (student GKT / LSS BEVs vs teacher camera / LiDAR BEVs)."""
+    feature_bev: float = MAP_LOSS_WEIGHTS["feature_bev"]
+    """MSE between student and teacher fused BEVs (through a 1x1 adapter when channels differ)."""
+    feature_decoder: float = MAP_LOSS_WEIGHTS["feature_decoder"]
+    """MSE between student and teacher decoder query features (adapter when channels differ)."""
+    head_cls: float = MAP_LOSS_WEIGHTS["head_cls"]
+    head_pts: float = MAP_LOSS_WEIGHTS["head_pts"]
+    relation_patch_size: int = 8
+    """BEV patch edge (cells) of the relation distillation; must divide map_model.bev_shape."""
+    relation_tokens: str = "mean"
+    """"mean" (a patch's features averaged) or "flatten" (its C x ph x pw features)."""
+    head_score_threshold: float = HEAD_SCORE_THRESHOLD
+    """Teacher predictions scoring above this become the head distillation's pseudo labels."""
+
+    DISTILL_TERMS = ("relation", "feature_bev", "feature_decoder", "head_cls", "head_pts")
+
+    def distill_weights(self) -> dict[str, float]:
+        """The MapDistill terms with weight > 0."""
+        return {k: getattr(self, k) for k in self.DISTILL_TERMS if getattr(self, k) > 0}
+
+
+@dataclass
 class OptimSection:
     """AdamW with linear warm-up then cosine decay (per iteration)."""
 
@@ -125,6 +175,8 @@ class OptimSection:
     """Multiply lr by the world size under torchrun (linear scaling rule)."""
     ema_decay: float = 0.0
     """EMA of the weights (0 = off; the authors use EMA, e.g. 0.9990); evaluation uses the EMA."""
+    backbone_lr_mult: float = 1.0
+    """lr factor of the image backbone's parameters (MapTR / MapDistill: 0.1)."""
 
 
 @dataclass
@@ -145,6 +197,9 @@ class TrainSection:
 @dataclass
 class ExperimentConfig:
     name: str = "experiment"
+    task: str = "occupancy"
+    """"occupancy" (voxels, [model]), "map" (vector map, [map_model]) or "multi" (one camera
+    student with both heads on a shared BEV)."""
     role: str = "student"
     """"teacher" (camera + LiDAR, trained on labels) or "student" (camera only; distils when
     [teacher] names a checkpoint)."""
@@ -154,25 +209,59 @@ class ExperimentConfig:
     teacher: TeacherSection = field(default_factory=TeacherSection)
     loss: LossSection = field(default_factory=LossSection)
     render: RenderSection = field(default_factory=RenderSection)
+    map_model: MapModelConfig = field(default_factory=MapModelConfig)
+    map_loss: MapLossSection = field(default_factory=MapLossSection)
+    map_teacher: TeacherSection = field(default_factory=TeacherSection)
     optim: OptimSection = field(default_factory=OptimSection)
     train: TrainSection = field(default_factory=TrainSection)
 
     @property
     def distills(self) -> bool:
-        """True when this run has a teacher to distil from."""
+        """True when this run has a teacher to distil from ([teacher]: the occupancy teacher,
+        or for task "map" the map teacher)."""
         return bool(self.teacher.checkpoint)
+
+    @property
+    def map_distills(self) -> bool:
+        """True when this run has a map teacher (task "map": [teacher]; "multi": [map_teacher])."""
+        if self.task == "map":
+            return self.distills
+        return self.task == "multi" and bool(self.map_teacher.checkpoint)
 
     def check(self) -> None:
         """Cross-field checks; raises ConfigError."""
+        if self.task not in TASKS:
+            raise ConfigError(f"task must be one of {TASKS}, got {self.task!r}")
         if self.role not in ("teacher", "student"):
             raise ConfigError(f"role must be 'teacher' or 'student', got {self.role!r}")
+        if self.role == "teacher" and (self.distills or self.map_teacher.checkpoint):
+            raise ConfigError("a teacher does not distil: remove [teacher] from a role = 'teacher' config")
+        for section in ("teacher", "map_teacher"):
+            t = getattr(self, section)
+            if bool(t.config) != bool(t.checkpoint):
+                raise ConfigError(f"[{section}] needs both config and checkpoint (or neither)")
+        if self.task != "multi" and self.map_teacher.checkpoint:
+            raise ConfigError(f"[map_teacher] is for task 'multi'; task {self.task!r} names its "
+                              f"teacher in [teacher]")
+        if self.task in ("occupancy", "multi"):
+            self._check_occupancy()
+        if self.task in ("map", "multi"):
+            self._check_map()
+        if self.train.amp not in ("bf16", "none"):
+            raise ConfigError(f"train.amp must be 'bf16' or 'none', got {self.train.amp!r}")
+        h, w = self.data.image_size
+        if h % 16 or w % 16:
+            raise ConfigError(f"data.image_size must be multiples of 16 (stride-16 features), got {(h, w)}")
+        if not self.optim.backbone_lr_mult > 0:
+            raise ConfigError(f"optim.backbone_lr_mult must be > 0, got {self.optim.backbone_lr_mult}")
+
+    def _check_occupancy(self) -> None:
+        """[model], [loss] and [render] of tasks "occupancy" and "multi"."""
         if self.role == "student" and self.model.modality != "camera":
             raise ConfigError(f"a student is camera-only: model.modality must be 'camera', got "
                               f"{self.model.modality!r}")
-        if self.role == "teacher" and self.distills:
-            raise ConfigError("a teacher does not distil: remove [teacher] from a role = 'teacher' config")
-        if bool(self.teacher.config) != bool(self.teacher.checkpoint):
-            raise ConfigError("[teacher] needs both config and checkpoint (or neither)")
+        if self.task == "multi" and self.role != "student":
+            raise ConfigError("task 'multi' trains a camera student: role must be 'student'")
         needs_teacher = {k: getattr(self.loss, k) for k in
                          ("rdc", "rsc", "feature_alignment", "logit_alignment")
                          if getattr(self.loss, k) > 0}
@@ -183,14 +272,53 @@ class ExperimentConfig:
             raise ConfigError(f"loss.rsc_mode must be 'affinity' or 'kl', got {self.loss.rsc_mode!r}")
         if self.render.pixels not in ("lidar", "grid"):
             raise ConfigError(f"render.pixels must be 'lidar' or 'grid', got {self.render.pixels!r}")
-        if self.train.amp not in ("bf16", "none"):
-            raise ConfigError(f"train.amp must be 'bf16' or 'none', got {self.train.amp!r}")
-        h, w = self.data.image_size
-        if h % 16 or w % 16:
-            raise ConfigError(f"data.image_size must be multiples of 16 (stride-16 features), got {(h, w)}")
         if self.loss.class_weights and len(self.loss.class_weights) != self.model.num_classes:
             raise ConfigError(f"loss.class_weights needs {self.model.num_classes} values, got "
                               f"{len(self.loss.class_weights)}")
+
+    def _check_map(self) -> None:
+        """[map_model] and [map_loss] of tasks "map" and "multi" (the teacher's own model is
+        checked when it is loaded: radocc.map_train.load_map_teacher)."""
+        m, w = self.map_model, self.map_loss
+        if self.task == "map" and self.role == "teacher" and m.modality != "fusion":
+            raise ConfigError(f"a map teacher is camera + LiDAR: map_model.modality must be "
+                              f"'fusion', got {m.modality!r}")
+        if self.role == "student" and m.modality not in ("camera", "camera_dual"):
+            raise ConfigError(f"a map student is camera-only: map_model.modality must be 'camera' "
+                              f"or 'camera_dual', got {m.modality!r}")
+        if self.task == "multi" and m.modality != "camera":
+            raise ConfigError(f"task 'multi' feeds the occupancy model's BEV to the map head: "
+                              f"map_model.modality must be 'camera' (its camera / gkt settings are "
+                              f"unused), got {m.modality!r}")
+        if self.task == "multi" and m.bev_channels != self.model.bev_encoder.out_channels:
+            raise ConfigError(f"task 'multi': map_model.bev_channels ({m.bev_channels}) must equal "
+                              f"model.bev_encoder.out_channels ({self.model.bev_encoder.out_channels}):"
+                              f" the map head reads the occupancy model's BEV")
+        negative = {k: getattr(w, k) for k in ("cls", "pts", "dir", *w.DISTILL_TERMS)
+                    if not getattr(w, k) >= 0}
+        if negative:
+            raise ConfigError(f"map_loss weights must be >= 0, got {negative}")
+        distill = w.distill_weights()
+        if distill and not self.map_distills:
+            section = "map_teacher" if self.task == "multi" else "teacher"
+            raise ConfigError(f"map_loss weights {distill} (MapDistill) need a teacher: set "
+                              f"{section}.config and {section}.checkpoint, or set those weights to 0")
+        if w.relation > 0 and m.modality != "camera_dual":
+            raise ConfigError(f"map_loss.relation > 0 compares the student's GKT and LSS BEVs: "
+                              f"map_model.modality must be 'camera_dual', got {m.modality!r} "
+                              f"(or set map_loss.relation = 0)")
+        if w.relation > 0:
+            h, wd = m.bev_shape
+            p = w.relation_patch_size
+            if p < 1 or h % p or wd % p:
+                raise ConfigError(f"map_loss.relation_patch_size ({p}) must divide "
+                                  f"map_model.bev_shape {m.bev_shape}")
+        if w.relation_tokens not in ("mean", "flatten"):
+            raise ConfigError(f"map_loss.relation_tokens must be 'mean' or 'flatten', got "
+                              f"{w.relation_tokens!r}")
+        if not 0 <= w.head_score_threshold < 1:
+            raise ConfigError(f"map_loss.head_score_threshold must be in [0, 1), got "
+                              f"{w.head_score_threshold}")
 
 
 # ----------------------------------------------------------------------------- dict <-> dataclass
@@ -198,8 +326,9 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
-def _convert(value: Any, tp: Any, where: str) -> Any:
-    """``value`` (from TOML) as type ``tp``; raises ConfigError naming ``where``."""
+def _convert(value: Any, tp: Any, where: str, default: Any = None) -> Any:
+    """``value`` (from TOML) as type ``tp``; raises ConfigError naming ``where``. ``default``: the
+    instance a table's missing keys come from (a nested dataclass's field default)."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(tp)
@@ -220,7 +349,7 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a table [{where}], got {value!r}")
-        return from_dict(tp, value, where)
+        return from_dict(tp, value, where, base=default if isinstance(default, tp) else None)
     if origin is tuple:
         args = typing.get_args(tp)
         if not isinstance(value, (list, tuple)):
@@ -254,9 +383,17 @@ def _closest(key: str, valid: Sequence[str]) -> str:
     return f"; did you mean {match[0]!r}?" if match else ""
 
 
-def from_dict(cls: type, data: dict, where: str = "") -> Any:
-    """A dataclass ``cls`` from a (TOML) dict: missing keys keep their defaults, unknown keys and
-    values of the wrong type raise ConfigError (naming the key and the closest valid key)."""
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None if f.default is dataclasses.MISSING else f.default
+
+
+def from_dict(cls: type, data: dict, where: str = "", base: Any = None) -> Any:
+    """A dataclass ``cls`` from a (TOML) dict: missing keys keep their defaults (those of
+    ``base`` when given), unknown keys and values of the wrong type raise ConfigError (naming the
+    key and the closest valid key). A nested table starts from its field's default, so e.g.
+    [map_model.camera] overrides the map model's camera defaults, not CameraConfig's."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
@@ -266,7 +403,12 @@ def from_dict(cls: type, data: dict, where: str = "") -> Any:
             raise ConfigError(f"unknown config key {path!r}{_closest(key, list(fields))} "
                               f"(valid keys{' of [' + where + ']' if where else ''}: "
                               f"{', '.join(fields)})")
-        kwargs[key] = _convert(value, hints[key], path)
+        default = None
+        if isinstance(value, dict) and dataclasses.is_dataclass(hints[key]):
+            default = getattr(base, key) if base is not None else _field_default(fields[key])
+        kwargs[key] = _convert(value, hints[key], path, default)
+    if base is not None:
+        kwargs = {**{name: getattr(base, name) for name, f in fields.items() if f.init}, **kwargs}
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:  # a dataclass's own checks (__post_init__)
