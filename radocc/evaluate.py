@@ -1,7 +1,11 @@
-"""Evaluate a trained occupancy model on the validation split.
+"""Evaluate a trained occupancy (or vector-map) model on the validation split.
 
     python -m radocc.evaluate CONFIG.toml --checkpoint PATH [--save-predictions DIR] [--json]
                               [--set key=value ...] [--no-rayiou]
+
+A config with ``task = "map"`` reports MapTR's Chamfer AP instead (mAP and AP per class x
+threshold 0.5 / 1.0 / 1.5 m, percent; :mod:`radocc.evaluate_map`); ``task = "multi"`` reports both
+(AP and Occ3D mIoU).
 
 Reports, each labelled with its protocol:
 - Occ3D mIoU per class over camera-visible voxels (``mask_camera``: the Occ3D-nuScenes benchmark),
@@ -28,13 +32,14 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from radocc.checkpoint import load_checkpoint, load_into
+from radocc.checkpoint import CheckpointError, load_checkpoint, load_into
 from radocc.config import ConfigError, ExperimentConfig, load_config
 from radocc.data import DataError
 from radocc.metrics import DepthMetrics, OccupancyMIoU, RayIoU
 from radocc.models import OccupancyModel, build_model
 
-__all__ = ["evaluate_model", "scene_lidar_origins", "format_report", "main"]
+__all__ = ["evaluate_model", "scene_lidar_origins", "format_report", "build_task_model", "load_model",
+           "main"]
 
 
 def scene_lidar_origins(records: list[dict]) -> dict[str, np.ndarray]:
@@ -152,15 +157,33 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def load_model(config: ExperimentConfig, checkpoint: str | Path, device: torch.device) -> OccupancyModel:
+def build_task_model(config: ExperimentConfig) -> torch.nn.Module:
+    """The model the config's task trains: OccupancyModel, MapModel or MultiTaskModel."""
+    if config.task == "map":
+        from radocc.models import build_map_model
+
+        return build_map_model(config.map_model)
+    if config.task == "multi":
+        from radocc.multitask import MultiTaskModel
+
+        return MultiTaskModel(config.model, config.map_model)
+    return build_model(config.model)
+
+
+def load_model(config: ExperimentConfig, checkpoint: str | Path, device: torch.device) -> torch.nn.Module:
     """The config's model with the checkpoint's weights (its EMA weights when it has them)."""
-    model = build_model(config.model)
+    model = build_task_model(config)
     state = load_checkpoint(checkpoint)
+    trained = (state.get("config") or {}).get("task", "occupancy")
+    if trained != config.task:
+        raise CheckpointError(f"checkpoint {checkpoint} was written by a task {trained!r} run, but "
+                              f"the config is task {config.task!r}")
     load_into(model, state.get("ema") or state["model"], f"checkpoint {checkpoint}")
     return model.to(device).eval()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from radocc.evaluate_map import evaluate_map_model, evaluate_multitask_model, format_map_report
     from radocc.train import TrainingError, _distributed, build_dataset, build_loader
 
     parser = argparse.ArgumentParser(prog="python -m radocc.evaluate", description=__doc__,
@@ -182,8 +205,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         model = load_model(config, args.checkpoint, device)
         dataset = build_dataset(config, config.data.val_split, train=False, segments=False)
         loader = build_loader(dataset, config, rank, world, train=False)
-        result = evaluate_model(model, loader, config, device, progress=not args.no_progress and rank == 0,
-                                rayiou=not args.no_rayiou, save_predictions=args.save_predictions)
+        progress = not args.no_progress and rank == 0
+        if config.task == "map":
+            result = evaluate_map_model(model, loader, config, device, progress=progress)
+        elif config.task == "multi":
+            result = evaluate_multitask_model(model, loader, config, device, progress=progress)
+        else:
+            result = evaluate_model(model, loader, config, device, progress=progress,
+                                    rayiou=not args.no_rayiou, save_predictions=args.save_predictions)
     except (ConfigError, DataError, TrainingError, FileNotFoundError, ValueError) as exc:
         print(f"radocc.evaluate: error: {exc}", file=sys.stderr)
         return 2
@@ -191,7 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if dist.is_initialized():
             dist.destroy_process_group()
     if rank == 0:
-        print(json.dumps(_jsonable(result), indent=2) if args.json else format_report(result))
+        report = format_report if config.task == "occupancy" else format_map_report
+        print(json.dumps(_jsonable(result), indent=2) if args.json else report(result))
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Train a teacher, a baseline student or a distilled (RadOcc) student.
+"""Train a teacher, a baseline student or a distilled (RadOcc / MapDistill) student.
 
     python -m radocc.train CONFIG.toml [--set key=value ...] [--out DIR] [--resume PATH]
     torchrun --nproc-per-node G [--nnodes N ...] -m radocc.train CONFIG.toml   (multi-GPU / node)
@@ -10,8 +10,13 @@ rays) and RDC / RSC (both by :class:`radocc.distill.RenderDistillLoss`, the modu
 use) -> other losses (occupancy, depth, feature / logit alignment) -> backward (clip, AdamW,
 schedule, EMA).
 
+``task = "map"`` (vector maps, MapTR / MapDistill) and ``task = "multi"`` (one camera student with
+the occupancy and the map heads) run :class:`radocc.map_train.MapTrainer` and
+:class:`radocc.map_train.MultiTaskTrainer`: the same loop, data, optimiser and checkpoints, with
+their own models, losses and validation (best checkpoint by val mAP).
+
 Outputs in the run folder (``--out``, default ``runs/<name>``): ``last.pt`` (every epoch),
-``best.pt`` (best val mIoU), ``config.toml`` (the resolved config), ``metrics.jsonl`` and
+``best.pt`` (best val mIoU; map tasks: mAP), ``config.toml`` (the resolved config), ``metrics.jsonl`` and
 TensorBoard logs in ``tb/``. Checkpoints are written atomically and read with ``weights_only=True``;
 ``--resume last.pt`` continues with the same model, optimiser, schedule, RNG and data order.
 """
@@ -27,7 +32,7 @@ import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -38,13 +43,14 @@ from tqdm import tqdm
 
 from radocc import losses
 from radocc.checkpoint import CheckpointError, load_checkpoint, load_into, rng_state, save_checkpoint, set_rng_state
-from radocc.config import ConfigError, ExperimentConfig, load_config, load_model_config, to_dict
+from radocc.config import ConfigError, ExperimentConfig, load_config, to_dict
 from radocc.data import DataError, DatasetConfig, NuScenesOccDataset, collate
 from radocc.data.rig import CAMERA_NAMES
 from radocc.data.targets import RayChoice, camera_depth_image, lss_depth_targets, render_targets
 from radocc.models import ModelOutput, OccupancyModel, build_model
 
-__all__ = ["Trainer", "TrainingError", "RenderTargetSet", "build_render_loss", "main"]
+__all__ = ["Trainer", "TrainingError", "RenderTargetSet", "EMA", "build_dataset", "build_loader",
+           "build_render_loss", "load_teacher", "param_groups", "to_device", "trainer_class", "main"]
 
 
 class TrainingError(RuntimeError):
@@ -57,9 +63,11 @@ class RenderTargetSet(Dataset):
 
     Item i of epoch e draws its rays with the generator seeded by (seed, e, i), and the base
     dataset's augmentation is reseeded per epoch, so the data of a run depend only on the seed.
+    ``choice=None`` adds no rays (task "map").
     """
 
-    def __init__(self, base: NuScenesOccDataset, choice: RayChoice, depth_targets: bool, seed: int):
+    def __init__(self, base: NuScenesOccDataset, choice: RayChoice | None, depth_targets: bool,
+                 seed: int):
         self.base, self.choice, self.depth_targets, self.seed = base, choice, depth_targets, seed
         self.epoch = 0
         self._base_config = base.config
@@ -74,8 +82,9 @@ class RenderTargetSet(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = self.base[index]
-        rng = np.random.default_rng([self.seed, self.epoch, index])
-        item.update(render_targets(item, self.choice, rng))
+        if self.choice is not None:
+            rng = np.random.default_rng([self.seed, self.epoch, index])
+            item.update(render_targets(item, self.choice, rng))
         if self.depth_targets:
             item["depth_target"] = lss_depth_targets(camera_depth_image(item))
         return item
@@ -115,19 +124,24 @@ def _seed_worker(worker_id: int) -> None:
 
 
 def build_dataset(config: ExperimentConfig, split: str, train: bool,
-                  segments: bool | None = None) -> RenderTargetSet:
-    """The render-target dataset of a split (training augmentation on for ``train``)."""
+                  segments: bool | None = None, vector_cache: str | Path | None = None) -> RenderTargetSet:
+    """The render-target dataset of a split (training augmentation on for ``train``). Map tasks
+    add the vector-map ground truth (cached in ``data.vector_cache``, else ``vector_cache``);
+    task "map" draws no render rays."""
     d = config.data
+    vectors = config.task in ("map", "multi")
+    cache = d.vector_cache or (str(vector_cache) if vector_cache and vectors else None)
     base = NuScenesOccDataset(d.root, d.version, split, DatasetConfig(
         image_size=tuple(d.image_size), cameras=tuple(d.cameras) or CAMERA_NAMES,
         lidar_sweeps=d.lidar_sweeps, augment=train and d.augment, seed=config.seed,
-        load_segments=segments))
+        load_segments=segments, vectors=vectors, vector_cache=cache if vectors else None))
     limit = d.max_train_samples if train else d.max_val_samples
     if limit:
         base.records = base.records[:limit]
     r = config.render
-    return RenderTargetSet(base, RayChoice(r.pixels, r.stride, r.rays_per_image),
-                           depth_targets=train and config.loss.depth > 0, seed=config.seed)
+    rays = None if config.task == "map" else RayChoice(r.pixels, r.stride, r.rays_per_image)
+    return RenderTargetSet(base, rays, depth_targets=train and config.task != "map" and config.loss.depth > 0,
+                           seed=config.seed)
 
 
 def build_loader(dataset: RenderTargetSet, config: ExperimentConfig, rank: int, world: int,
@@ -163,7 +177,11 @@ def build_render_loss(config: ExperimentConfig):
 def load_teacher(config: ExperimentConfig, device: torch.device) -> OccupancyModel:
     """The frozen teacher: built from its config's [model], weights from its checkpoint (the EMA
     weights when the teacher was trained with EMA)."""
-    teacher_config = load_model_config(config.teacher.config)
+    full = load_config(config.teacher.config)
+    if full.task != "occupancy":
+        raise TrainingError(f"teacher config {config.teacher.config} has task = {full.task!r}: RDC / RSC "
+                            f"need an occupancy teacher (task = 'occupancy')")
+    teacher_config = full.model
     if teacher_config.num_classes != config.model.num_classes:
         raise TrainingError(f"teacher predicts {teacher_config.num_classes} classes, the student "
                             f"{config.model.num_classes}")
@@ -177,12 +195,13 @@ def load_teacher(config: ExperimentConfig, device: torch.device) -> OccupancyMod
 
 
 class EMA(nn.Module):
-    """Exponential moving average of a model's parameters and buffers."""
+    """Exponential moving average of a model's parameters and buffers; ``build()`` makes a fresh
+    model of the same architecture (default: ``build_model(model.config)``)."""
 
-    def __init__(self, model: nn.Module, decay: float):
+    def __init__(self, model: nn.Module, decay: float, build: Callable[[], nn.Module] | None = None):
         super().__init__()
         self.decay = decay
-        self.module = build_model(model.config).to(next(model.parameters()).device)
+        self.module = (build() if build else build_model(model.config)).to(next(model.parameters()).device)
         self.module.load_state_dict(model.state_dict())
         self.module.eval().requires_grad_(False)
 
@@ -206,6 +225,17 @@ def _lr_lambda(warmup: int, total: int, min_ratio: float):
     return factor
 
 
+def param_groups(modules: Sequence[nn.Module | None], lr: float, backbone_lr_mult: float) -> list[dict]:
+    """AdamW parameter groups: the image backbones' parameters at ``lr * backbone_lr_mult``
+    (MapTR: 0.1), the rest at ``lr``; one group when the factor is 1."""
+    params = [(n, p) for m in modules if m is not None for n, p in m.named_parameters()]
+    if backbone_lr_mult == 1.0:
+        return [dict(params=[p for _, p in params], lr=lr)]
+    backbone = [p for n, p in params if "image_encoder.backbone." in n]
+    rest = [p for n, p in params if "image_encoder.backbone." not in n]
+    return [dict(params=rest, lr=lr), dict(params=backbone, lr=lr * backbone_lr_mult)]
+
+
 def _distributed() -> tuple[int, int, int]:
     """(rank, world size, local rank), initialising torch.distributed under torchrun."""
     if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) == 1:
@@ -217,7 +247,13 @@ def _distributed() -> tuple[int, int, int]:
 
 
 class Trainer:
-    """Everything one run holds: data, student (+ teacher), optimiser, schedule, logs."""
+    """Everything one run holds: data, student (+ teacher), optimiser, schedule, logs.
+
+    Subclasses for other tasks (radocc.map_train) replace :meth:`_build_models`, :meth:`step`
+    and :meth:`validate`; ``metric`` is the validation result that picks ``best.pt``.
+    """
+
+    metric = "mIoU"
 
     def __init__(self, config: ExperimentConfig, out: str | Path, *, progress: bool = True,
                  teacher: OccupancyModel | None = None):
@@ -236,47 +272,62 @@ class Trainer:
         self._check_data()
 
         # data
-        needs_segments = config.distills and config.loss.rsc > 0 and config.loss.rsc_mode == "affinity"
-        self.train_set = build_dataset(config, config.data.train_split, train=True, segments=needs_segments)
-        self.val_set = build_dataset(config, config.data.val_split, train=False, segments=False)
+        needs_segments = (config.task != "map" and config.distills and config.loss.rsc > 0
+                          and config.loss.rsc_mode == "affinity")
+        self.train_set = build_dataset(config, config.data.train_split, train=True, segments=needs_segments,
+                                       vector_cache=self.out / "vector_cache")
+        self.val_set = build_dataset(config, config.data.val_split, train=False, segments=False,
+                                     vector_cache=self.out / "vector_cache")
         self.train_loader = build_loader(self.train_set, config, self.rank, self.world, train=True)
         self.val_loader = build_loader(self.val_set, config, self.rank, self.world, train=False)
-        # models
-        self.model = build_model(config.model).to(self.device)
+        # models: self.model (trained), self.teacher (frozen or None), self.adapter (trained or None)
         if teacher is not None:
             teacher = teacher.eval().requires_grad_(False).to(self.device)
-        self.teacher = teacher or (load_teacher(config, self.device) if config.distills else None)
-        self.adapter = None
-        if config.loss.feature_alignment > 0:
-            t_channels = self.teacher.config.bev_encoder.out_channels
-            self.adapter = losses.FeatureAlignment(config.model.bev_encoder.out_channels,
-                                                   t_channels).to(self.device)
+        self._build_models(teacher)
         self.net = self.model
         if self.world > 1:
             self.net = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        params = list(self.model.parameters()) + (list(self.adapter.parameters()) if self.adapter else [])
         o = config.optim
         lr = o.lr * (self.world if o.scale_lr else 1)
-        self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=o.weight_decay)
+        self.optimizer = torch.optim.AdamW(param_groups([self.model, self.adapter], lr, o.backbone_lr_mult),
+                                           lr=lr, weight_decay=o.weight_decay)
         self.total_iters = config.train.epochs * len(self.train_loader)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, _lr_lambda(o.warmup_iters, self.total_iters, o.min_lr_ratio))
-        self.ema = EMA(self.model, o.ema_decay) if o.ema_decay > 0 else None
-        self.render_loss = build_render_loss(config).to(self.device)
+        self.ema = EMA(self.model, o.ema_decay, self._new_model) if o.ema_decay > 0 else None
+        self.render_loss = build_render_loss(config).to(self.device) if config.task != "map" else None
         self.class_weights = (torch.tensor(config.loss.class_weights, device=self.device)
                               if config.loss.class_weights else None)
-        self.epoch, self.iteration, self.best_miou = 0, 0, -math.inf
+        self.epoch, self.iteration, self.best_metric = 0, 0, -math.inf
         self.writer = None
         self.timings: dict[str, float] | None = None
+
+    def _new_model(self) -> nn.Module:
+        """A fresh model of the trained architecture (the EMA's copy)."""
+        return build_model(self.config.model)
+
+    def _build_models(self, teacher: nn.Module | None) -> None:
+        """The student (or teacher being trained), the frozen teacher it distils from (``teacher``
+        when given, else [teacher]'s) and the feature-alignment adapter."""
+        c = self.config
+        self.model = self._new_model().to(self.device)
+        self.teacher = teacher or (load_teacher(c, self.device) if c.distills else None)
+        self.adapter = None
+        if c.loss.feature_alignment > 0:
+            t_channels = self.teacher.config.bev_encoder.out_channels
+            self.adapter = losses.FeatureAlignment(c.model.bev_encoder.out_channels,
+                                                   t_channels).to(self.device)
 
     def _check_data(self) -> None:
         from radocc.data.check import check_data_root
 
         c = self.config
         required = ["tables", "samples", "gts"]
-        if c.loss.rsc > 0 and c.distills and c.loss.rsc_mode == "affinity":
+        if c.task != "map" and c.loss.rsc > 0 and c.distills and c.loss.rsc_mode == "affinity":
             required.append("segments")
+        if c.task in ("map", "multi"):
+            required.append("map_expansion")
         for split in {c.data.train_split, c.data.val_split}:
             report = check_data_root(c.data.root, c.data.version, split, require=tuple(required))
             try:
@@ -284,6 +335,9 @@ class Trainer:
             except DataError as exc:
                 hint = (" (RSC needs SAM segments: make them with python -m radocc.segments, or set "
                         "loss.rsc = 0)" if "segments" in str(exc) and "segments" in required else "")
+                if "map_expansion" in report.missing(required):
+                    hint += (f" (task {c.task!r} needs the map expansion maps/expansion/<location>.json "
+                             f"for the vector-map ground truth)")
                 raise TrainingError(f"data root {c.data.root} is not ready for training{hint}:\n{exc}") from exc
 
     # ---- the step: data -> models -> render -> losses -> backward
@@ -294,9 +348,7 @@ class Trainer:
         with self._phase("data_to_device"):
             batch = to_device(batch, self.device)
         images, intrinsics, cam2ego = batch["images"], batch["intrinsics"], batch["cam2ego"]
-        autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
-                    if self.device.type == "cuda" and c.train.amp == "bf16" else nullcontext())
-        with autocast:
+        with self._autocast():
             # models
             with self._phase("student_forward"):
                 lidar = (batch["points"], batch["num_points"]) if c.model.modality == "fusion" else (None, None)
@@ -330,22 +382,30 @@ class Trainer:
                 total = sum(getattr(w, name) * value for name, value in terms.items())
         self._check_finite(terms)
         # backward
+        self._update(total)
+        if self.writer is not None and c.train.image_every and self.iteration % c.train.image_every == 1:
+            self._log_pictures(batch, student, teacher)
+        return _logged(terms, total)
+
+    def _update(self, total: Tensor) -> None:
+        """Backward, gradient clipping, AdamW step, schedule step, EMA; counts the iteration."""
         with self._phase("backward_and_update"):
             self.optimizer.zero_grad(set_to_none=True)
             total.backward()
-            if c.optim.grad_clip > 0:
+            if self.config.optim.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(
-                    [p for g in self.optimizer.param_groups for p in g["params"]], c.optim.grad_clip)
+                    [p for g in self.optimizer.param_groups for p in g["params"]], self.config.optim.grad_clip)
             self.optimizer.step()
             self.scheduler.step()
             if self.ema is not None:
                 self.ema.update(self.model)
         self.iteration += 1
-        logged = {name: float(value.detach()) for name, value in terms.items()}
-        logged["total"] = float(total.detach())
-        if self.writer is not None and c.train.image_every and self.iteration % c.train.image_every == 1:
-            self._log_pictures(batch, student, teacher)
-        return logged
+
+    def _autocast(self):
+        """bf16 autocast on CUDA with train.amp = "bf16", else nothing."""
+        if self.device.type == "cuda" and self.config.train.amp == "bf16":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()
 
     @contextmanager
     def _phase(self, name: str):
@@ -390,8 +450,8 @@ class Trainer:
                     result = self.validate()
                     self._log_scalars({f"val/{k}": v for k, v in result.items()
                                        if isinstance(v, float)}, self.iteration)
-                    if result["mIoU"] > self.best_miou:
-                        self.best_miou = result["mIoU"]
+                    if result[self.metric] > self.best_metric:
+                        self.best_metric = result[self.metric]
                         self._save("best.pt")
                 self._save("last.pt")
                 self._append_metrics({"epoch": self.epoch, "iteration": self.iteration, **result})
@@ -418,7 +478,7 @@ class Trainer:
                 self._log_scalars({f"train/{k}": v for k, v in scalars.items()}, self.iteration)
                 tic, logged_at = time.perf_counter(), self.iteration
 
-    def eval_model(self) -> OccupancyModel:
+    def eval_model(self) -> nn.Module:
         return self.ema.module if self.ema is not None else self.model
 
     def validate(self) -> dict[str, Any]:
@@ -430,9 +490,9 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         return dict(model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
                     scheduler=self.scheduler.state_dict(),
-                    ema=self.ema.module.state_dict() if self.ema else None,
+                    ema=self.ema.module.state_dict() if self.ema else None, metric=self.metric,
                     adapter=self.adapter.state_dict() if self.adapter else None,
-                    epoch=self.epoch, iteration=self.iteration, best_miou=self.best_miou,
+                    epoch=self.epoch, iteration=self.iteration, best_metric=self.best_metric,
                     rng=rng_state(), config=to_dict(self.config))
 
     def _save(self, name: str) -> None:
@@ -452,8 +512,11 @@ class Trainer:
                 raise TrainingError(f"{path} has no EMA weights but optim.ema_decay > 0")
             load_into(self.ema.module, state["ema"], f"EMA of checkpoint {path}")
         if self.adapter is not None:
-            self.adapter.load_state_dict(state["adapter"])
-        self.epoch, self.iteration, self.best_miou = state["epoch"], state["iteration"], state["best_miou"]
+            if state.get("adapter") is None:
+                raise TrainingError(f"{path} has no adapter weights but this run trains one")
+            load_into(self.adapter, state["adapter"], f"adapter of checkpoint {path}")
+        self.epoch, self.iteration = state["epoch"], state["iteration"]
+        self.best_metric = state.get("best_metric", state.get("best_miou"))  # best_miou: older runs
         set_rng_state(state["rng"])
 
     # ---- logs
@@ -490,6 +553,13 @@ class Trainer:
                               self.iteration, dataformats="HWC")
 
 
+def _logged(terms: dict[str, Tensor], total: Tensor) -> dict[str, float]:
+    """A step's loss terms and total as floats (the tqdm / TensorBoard scalars)."""
+    logged = {name: float(value.detach()) for name, value in terms.items()}
+    logged["total"] = float(total.detach())
+    return logged
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, float) and math.isnan(value):
         return None
@@ -511,6 +581,15 @@ def _toml(data: dict, prefix: str = "") -> str:
     return text
 
 
+def trainer_class(config: ExperimentConfig) -> type[Trainer]:
+    """The trainer of the config's task."""
+    if config.task == "occupancy":
+        return Trainer
+    from radocc.map_train import MapTrainer, MultiTaskTrainer
+
+    return MapTrainer if config.task == "map" else MultiTaskTrainer
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m radocc.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -523,7 +602,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config, args.set)
-        trainer = Trainer(config, args.out or f"runs/{config.name}", progress=not args.no_progress)
+        trainer = trainer_class(config)(config, args.out or f"runs/{config.name}",
+                                        progress=not args.no_progress)
         if args.resume:
             trainer.resume(args.resume)
         result = trainer.fit()
@@ -534,7 +614,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if dist.is_initialized():
             dist.destroy_process_group()
     if trainer.rank == 0 and result:
-        print(f"done: val mIoU {result['mIoU']:.2f} (best {trainer.best_miou:.2f}); "
+        print(f"done: val {trainer.metric} {result[trainer.metric]:.2f} (best {trainer.best_metric:.2f}); "
               f"checkpoints in {trainer.out}")
     return 0
 
