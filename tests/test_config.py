@@ -29,6 +29,9 @@ def test_config_files_found():
 def test_every_config_loads_and_its_model_builds(path):
     config = load_config(path)
     assert isinstance(config, ExperimentConfig) and isinstance(config.model, ModelConfig)
+    if config.task != "occupancy":
+        _check_map_config(config)
+        return
     if config.role == "teacher":
         assert config.model.modality == "fusion"
     # Construct only (no forward): even the paper-scale ResNet-50 models are cheap to build.
@@ -40,6 +43,89 @@ def test_every_config_loads_and_its_model_builds(path):
         assert teacher.role == "teacher" and teacher.model.modality == "fusion"
         assert teacher.model.grid_shape == config.model.grid_shape
         assert teacher.model.num_classes == config.model.num_classes
+
+
+def _check_map_config(config: ExperimentConfig) -> None:
+    """A map / multi-task config builds its model; a distilling one names a map teacher whose
+    model fits (same patch, BEV and points; a fusion teacher for the relation term)."""
+    from radocc.evaluate import build_task_model
+
+    model = build_task_model(config)
+    assert sum(p.numel() for p in model.parameters()) > 0
+    if config.task == "map":
+        assert config.map_model.modality == ("fusion" if config.role == "teacher" else config.map_model.modality)
+    teacher = config.teacher if config.task == "map" else config.map_teacher
+    if teacher.config:
+        t = load_config(REPO / teacher.config)
+        assert t.task == "map" and t.role == "teacher" and t.map_model.modality == "fusion"
+        assert t.map_model.bev_shape == config.map_model.bev_shape
+        assert t.map_model.pc_range == config.map_model.pc_range
+        assert t.map_model.head.num_points == config.map_model.head.num_points
+    if config.task == "multi" and config.teacher.config:
+        t = load_config(REPO / config.teacher.config)
+        assert t.task == "occupancy" and t.role == "teacher"
+        assert t.model.grid_shape == config.model.grid_shape
+
+
+def test_map_configs_found_and_paper_scale():
+    names = {f"{p.parent.name}/{p.name}" for p in CONFIGS}
+    assert {"synthetic/map_teacher.toml", "synthetic/map_student.toml", "synthetic/map_mapdistill.toml",
+            "nuscenes/map_teacher_fusion_r50.toml", "nuscenes/map_student_r18.toml",
+            "nuscenes/map_mapdistill_r18.toml"} <= names
+    teacher = load_config(REPO / "configs" / "nuscenes" / "map_teacher_fusion_r50.toml")
+    student = load_config(REPO / "configs" / "nuscenes" / "map_mapdistill_r18.toml")
+    assert teacher.map_model.camera.backbone == "resnet50" and teacher.map_model.modality == "fusion"
+    assert student.map_model.camera.backbone == "resnet18" and student.map_model.modality == "camera_dual"
+    for c in (teacher, student):
+        assert c.map_model.bev_shape == (80, 40) and c.map_model.head.num_vectors == 100
+        assert c.map_model.head.num_layers == 2
+        assert (c.optim.lr, c.optim.warmup_iters, c.optim.grad_clip) == (6e-4, 500, 35.0)
+    assert (teacher.train.epochs, student.train.epochs) == (24, 110)
+    assert student.map_loss.distill_weights() == {"relation": 1.0, "feature_bev": 1.0,
+                                                   "feature_decoder": 1.0, "head_cls": 0.1,
+                                                   "head_pts": 0.1}
+
+
+def test_map_sections_use_the_config_machinery():
+    mapdistill = REPO / "configs" / "synthetic" / "map_mapdistill.toml"
+    config = load_config(mapdistill, ["map_loss.head_cls=0.5", "map_model.head.num_vectors=12"])
+    assert config.map_loss.head_cls == 0.5 and config.map_model.head.num_vectors == 12
+    # a partial [map_model.camera] table keeps the map defaults (not the occupancy model's)
+    default = load_config(mapdistill, ["map_model.camera.neck_channels=16"]).map_model.camera
+    assert default.neck_channels == 16 and default.backbone == "resnet18"
+    assert ExperimentConfig().task == "occupancy" and load_config(STUDENT).task == "occupancy"
+    with pytest.raises(ConfigError, match=r"'map_loss\.relaton'.*did you mean 'relation'"):
+        load_config(mapdistill, ["map_loss.relaton=1"])
+    with pytest.raises(ConfigError, match=r"'map_model\.head\.num_vector'.*did you mean 'num_vectors'"):
+        load_config(mapdistill, ["map_model.head.num_vector=3"])
+    with pytest.raises(ConfigError, match=r"map_loss\.head_cls: expected a number"):
+        load_config(mapdistill, ["map_loss.head_cls=yes"])
+    with pytest.raises(ConfigError, match=r"map_model.*modality"):
+        load_config(mapdistill, ["map_model.modality=lidar"])
+
+
+MAP_STUDENT = REPO / "configs" / "synthetic" / "map_student.toml"
+MAP_DISTILL = REPO / "configs" / "synthetic" / "map_mapdistill.toml"
+MAP_TEACHER = REPO / "configs" / "synthetic" / "map_teacher.toml"
+
+
+@pytest.mark.parametrize("path, overrides, match", [
+    (STUDENT, ["task=vectors"], "task must be one of"),
+    (MAP_STUDENT, ["map_model.modality=fusion", "map_model.lidar.out_channels=32"],
+     "map student is camera-only"),
+    (MAP_TEACHER, ["map_model.modality=camera_dual"], "map teacher is camera \\+ LiDAR"),
+    (MAP_STUDENT, ["map_loss.relation=1"], r"relation.*need a teacher"),
+    (MAP_STUDENT, ["map_loss.head_pts=0.1"], "need a teacher"),
+    (MAP_DISTILL, ["map_model.modality=camera"], "relation > 0 .*camera_dual"),
+    (MAP_DISTILL, ["map_loss.relation_patch_size=3"], "must divide"),
+    (MAP_DISTILL, ["map_loss.head_score_threshold=1.5"], "head_score_threshold"),
+    (MAP_DISTILL, ["map_loss.feature_bev=-1"], ">= 0"),
+    (MAP_DISTILL, ["map_teacher.config=a.toml", "map_teacher.checkpoint=a.pt"], "for task 'multi'"),
+    (MAP_TEACHER, ["teacher.config=a.toml", "teacher.checkpoint=a.pt"], "teacher does not distil"),
+])
+def test_map_cross_checks(path, overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(path, overrides)
 
 
 def test_occ3d_configs_are_paper_scale():
