@@ -200,6 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config, args.set)
+        if args.save_predictions and config.task == "map":
+            raise ConfigError("--save-predictions writes occupancy voxels; a task 'map' model has none")
         rank, world, local_rank = _distributed()
         device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
         model = load_model(config, args.checkpoint, device)
@@ -209,7 +211,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if config.task == "map":
             result = evaluate_map_model(model, loader, config, device, progress=progress)
         elif config.task == "multi":
-            result = evaluate_multitask_model(model, loader, config, device, progress=progress)
+            result = evaluate_multitask_model(model, loader, config, device, progress=progress,
+                                              save_predictions=args.save_predictions)
         else:
             result = evaluate_model(model, loader, config, device, progress=progress,
                                     rayiou=not args.no_rayiou, save_predictions=args.save_predictions)

@@ -92,15 +92,17 @@ def format_map_report(result: dict[str, Any]) -> str:
 
 @torch.no_grad()
 def evaluate_multitask_model(model: torch.nn.Module, loader, config: ExperimentConfig,
-                             device: torch.device, *, progress: bool = True) -> dict[str, Any]:
+                             device: torch.device, *, progress: bool = True,
+                             save_predictions: str | None = None) -> dict[str, Any]:
     """A multi-task student (:class:`radocc.multitask.MultiTaskModel`): the map head's Chamfer AP
     (:func:`evaluate_map_model`) plus the occupancy head's Occ3D mIoU and rendered depth
     (:func:`radocc.evaluate.evaluate_model`, without RayIoU) under "occupancy"; "mIoU" is copied
-    to the top level."""
+    to the top level. ``save_predictions``: a folder for the occupancy head's voxels (as
+    ``python -m radocc.evaluate --save-predictions``)."""
     from radocc.evaluate import evaluate_model
 
     occupancy = evaluate_model(model.occupancy, loader, config, device, progress=progress,
-                               rayiou=False)
+                               rayiou=False, save_predictions=save_predictions)
     result = evaluate_map_model(model, loader, config, device, progress=progress, forward=lambda b: model(
         b["images"], b["intrinsics"], b["cam2ego"], b["ego2map"])[1])
     result["mIoU"] = occupancy["mIoU"]
