@@ -192,6 +192,10 @@ class TrainSection:
     """Mixed precision on CUDA: "bf16" or "none" (CPU always runs float32)."""
     deterministic: bool = True
     """torch.use_deterministic_algorithms(warn_only=True) and seeded workers."""
+    init_from: str = ""
+    """Checkpoint whose model weights (its EMA when it has one) start this run: the RadOcc authors
+    start the student from a pretrained camera model (mmdet's load_from). Optimiser, schedule
+    and epoch start fresh; --resume, by contrast, continues a run."""
 
 
 @dataclass

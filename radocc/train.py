@@ -284,6 +284,10 @@ class Trainer:
         if teacher is not None:
             teacher = teacher.eval().requires_grad_(False).to(self.device)
         self._build_models(teacher)
+        if config.train.init_from:
+            state = load_checkpoint(config.train.init_from, map_location=self.device)
+            load_into(self.model, state.get("ema") or state["model"],
+                      f"train.init_from {config.train.init_from}")
         self.net = self.model
         if self.world > 1:
             self.net = nn.parallel.DistributedDataParallel(

@@ -226,6 +226,28 @@ def test_teacher_checkpoint_of_another_model_is_named(data_root, teacher_run, tm
     assert "teacher checkpoint" in err and "lidar" in err and "missing" in err
 
 
+def test_init_from_starts_from_another_runs_weights(data_root, teacher_run, tmp_path, capsys):
+    from radocc.checkpoint import load_checkpoint
+    from radocc.config import load_config
+    from radocc.train import Trainer
+
+    config = write_config(tmp_path / "student.toml", data_root, role="student")
+    assert _train(config, tmp_path / "pre") == 0
+    weights = load_checkpoint(tmp_path / "pre" / "last.pt")["model"]
+    trainer = Trainer(load_config(config, [f"train.init_from={json.dumps(str(tmp_path / 'pre' / 'last.pt'))}"]),
+                      tmp_path / "run", progress=False)
+    state = trainer.model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in weights.items())
+    assert trainer.epoch == 0 and trainer.iteration == 0  # a fresh run, not a resume
+    fresh = Trainer(load_config(config), tmp_path / "fresh", progress=False).model.state_dict()
+    assert not all(torch.equal(fresh[k], v) for k, v in weights.items())
+    # a checkpoint of another model (the fusion teacher) is refused, naming the differing tensors
+    code = _train(config, tmp_path / "bad", "--set",
+                  f"train.init_from={json.dumps(str(teacher_run.parent / 'run' / 'best.pt'))}")
+    err = capsys.readouterr().err
+    assert code == 2 and "train.init_from" in err and "lidar" in err
+
+
 def test_unknown_key_and_bad_set_value(data_root, tmp_path, capsys):
     config = write_config(tmp_path / "s.toml", data_root, role="student")
     assert _train(config, tmp_path / "run", "--set", "optim.lrr=1e-4") == 2
