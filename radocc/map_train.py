@@ -19,7 +19,6 @@ no_grad) -> losses (:func:`map_head_losses`: MapTR's focal / point / direction, 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
