@@ -396,6 +396,11 @@ class Trainer:
         with self._phase("backward_and_update"):
             self.optimizer.zero_grad(set_to_none=True)
             total.backward()
+            if self.world > 1 and self.adapter is not None:  # DDP averages only the student's
+                for p in self.adapter.parameters():
+                    if p.grad is not None:
+                        dist.all_reduce(p.grad)
+                        p.grad /= self.world
             if self.config.optim.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(
                     [p for g in self.optimizer.param_groups for p in g["params"]], self.config.optim.grad_clip)

@@ -375,3 +375,25 @@ def test_multitask_student_trains_with_rdc_rsc_and_mapdistill(synthetic_root, ma
     assert trainer.model.occupancy.image_encoder.neck.output.weight.grad.abs().sum() > 0
     result = trainer.validate()
     assert 0.0 <= result["mAP"] <= 100.0 and 0.0 <= result["mIoU"] <= 100.0
+
+
+def test_torchrun_two_processes_distil(synthetic_root, map_teacher, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from radocc.checkpoint import load_checkpoint
+
+    config = _student(tmp_path, synthetic_root, map_teacher, ALL_TERMS)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    out = tmp_path / "ddp"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "radocc.train", str(config), "--out", str(out), "--no-progress"],
+        capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = load_checkpoint(out / "last.pt")
+    assert state["iteration"] == 1  # 2 samples split over 2 ranks
+    assert set(state["adapter"]) and state["metric"] == "mAP"
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert 0.0 <= record["mAP"] <= 100.0 and record["num_samples"] == 2  # both ranks' samples
