@@ -256,8 +256,9 @@ class Trainer:
     metric = "mIoU"
 
     def __init__(self, config: ExperimentConfig, out: str | Path, *, progress: bool = True,
-                 teacher: OccupancyModel | None = None):
-        """``teacher``: a ready teacher to use instead of loading [teacher] (benchmarks, tests)."""
+                 teacher: nn.Module | None = None):
+        """``teacher``: a ready teacher to use instead of loading [teacher] (benchmarks, tests;
+        task "multi": the occupancy teacher)."""
         self.config = config
         self.out = Path(out)
         self.rank, self.world, local_rank = _distributed()
