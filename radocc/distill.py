@@ -193,7 +193,9 @@ class RenderDistillLoss(nn.Module):
         step: None for exact voxel traversal, or the uniform sample length in metres (the
             authors use 0.2).
         rdc_weight, rsc_weight: weights in ``out["loss"]`` (defaults: the authors' 100 and 10);
-            a term with weight 0 is neither rendered nor computed.
+            a term with weight 0 is neither rendered nor computed. RDC is each ray's KL averaged
+            over its D + 1 bins (``rdc_loss(..., bin_reduction="mean")``), as in the authors'
+            code, so their weight keeps its meaning whatever the number of bins.
         rsc_mode: "affinity" (the paper: segment affinity, needs segments) or "kl" (the authors'
             code: per-ray KL of the rendered class distributions).
         rays_per_image: rays per camera drawn at random from the pixel grid when no pixels are
@@ -441,7 +443,8 @@ class RenderDistillLoss(nn.Module):
         with timer("render_losses"):
             loss = s_render.depth.sum() * 0.0  # on the student's graph even with no term
             if rdc_on:
-                out["rdc"] = losses.rdc_loss(s_render.termination, t_render.termination, ray_valid)
+                out["rdc"] = losses.rdc_loss(s_render.termination, t_render.termination, ray_valid,
+                                             bin_reduction="mean")
                 loss = loss + self.rdc_weight * out["rdc"]
             if rsc_on:
                 out["rsc"] = losses.rsc_loss(s_render.features, t_render.features,

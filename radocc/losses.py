@@ -38,7 +38,10 @@ LOSS_WEIGHTS: dict[str, float] = {
     # Off: FlashOcc M1 and 1-frame BEVDet-occ have no depth loss; variants with one use 0.05
     # (4D-stereo configs) or 1.0 (panoptic-flashocc-r50-depth.py).
     "depth": 0.0,
-    # RDC: KL of the ray termination distributions, weight 100 (authors' code).
+    # RDC: KL of the ray termination distributions, weight 100 (authors' code). The authors use
+    # mmdet's KnowledgeDistillationKLDivLoss, which averages the KL over the depth bins: 100 is
+    # meant for rdc_loss(..., bin_reduction="mean") (radocc.distill uses that). On the per-ray sum
+    # it would be (D + 1) times stronger (89x at 88 bins): it collapsed the student, measured.
     "rdc": 100.0,
     # RSC: rendered semantic consistency, weight 10 (authors' code).
     "rsc": 10.0,
@@ -242,10 +245,13 @@ def depth_loss(depth_probs: Tensor, depth_target: Tensor, bins: Sequence[float],
 
 # ----------------------------------------------------------------------------- rendering
 def rdc_loss(student_termination: Tensor, teacher_termination: Tensor,
-             valid: Tensor | None = None, eps: float = 1e-6) -> Tensor:
+             valid: Tensor | None = None, eps: float = 1e-6, bin_reduction: str = "sum") -> Tensor:
     """Rendered Depth Consistency: KL(teacher || student) of the ray termination distributions.
 
     Per ray: sum_b t_b (log max(t_b, eps) - log max(s_b, eps)), averaged over the valid rays.
+    ``bin_reduction="mean"`` divides each ray's KL by its D + 1 bins, as the RadOcc authors' code
+    (mmdet's KnowledgeDistillationKLDivLoss averages over the bins), the scale their weight
+    100 (``LOSS_WEIGHTS["rdc"]``) was chosen for; "sum" (default) is the KL itself.
 
     Args:
         student_termination: [B, R, D + 1] probability rows (``RenderOutput.termination`` of
@@ -265,8 +271,12 @@ def rdc_loss(student_termination: Tensor, teacher_termination: Tensor,
     _same_device((student, "student_termination"), (teacher, "teacher_termination"),
                  (valid, "valid"))
     eps = _positive(eps, "eps")
+    if bin_reduction not in ("sum", "mean"):
+        raise ValueError(f"bin_reduction must be 'sum' or 'mean', got {bin_reduction!r}")
     with _autocast_off():
         kl = _kl_rows(_acc(teacher.detach()), _acc(student), eps)
+        if bin_reduction == "mean":
+            kl = kl / student.shape[-1]
         return _masked_mean(kl, valid)
 
 

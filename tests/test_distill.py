@@ -77,7 +77,8 @@ def test_losses_equal_radocc_losses_on_the_same_renders(mode):
                for x in (student, teacher)]
     ids = lookup_pixels(segments, pixels)
     ids = torch.where((ids > 0) & valid, ids + torch.tensor([0, SEGMENT_OFFSET])[:, None], 0)
-    rdc = losses.rdc_loss(renders[0].termination, renders[1].termination, valid.flatten(1))
+    rdc = losses.rdc_loss(renders[0].termination, renders[1].termination, valid.flatten(1),
+                          bin_reduction="mean")  # the authors' scale, which the weight 100 is for
     rsc = losses.rsc_loss(renders[0].features, renders[1].features, ids.flatten(1), mode=mode)
     for name, mine, theirs in (("student", out["student"], renders[0]),
                                ("teacher", out["teacher"], renders[1])):

@@ -79,6 +79,16 @@ def test_rdc_gradients_and_detached_teacher():
     assert torch.all(student.grad[0, 1] == 0)  # the invalid ray gets nothing
 
 
+def test_rdc_bin_mean_is_the_kl_over_the_bins():
+    torch.manual_seed(0)
+    student = torch.rand(2, 5, 7).softmax(-1)
+    teacher = torch.rand(2, 5, 7).softmax(-1)
+    assert torch.allclose(rdc_loss(student, teacher, bin_reduction="mean"),
+                          rdc_loss(student, teacher) / 7, rtol=1e-6)
+    with pytest.raises(ValueError, match="bin_reduction"):
+        rdc_loss(student, teacher, bin_reduction="max")
+
+
 def test_rdc_no_valid_ray_is_zero_with_zero_gradient():
     student = _distributions(2, 3, 4, generator=_gen(3)).requires_grad_()
     teacher = _distributions(2, 3, 4, generator=_gen(4))
