@@ -3,6 +3,12 @@
     python -m radocc.experiments demo [--out outputs/demo] [--data-root DIR] [--seed S] [--set k=v ...]
     python -m radocc.experiments ablation [--seeds N] [--out outputs/ablation] [--data-root DIR]
                                           [--set k=v ...]
+    python -m radocc.experiments map [--seeds N] [--out outputs/map] [--variants ...]
+                                     [--occupancy-teachers DIR] [--data-root DIR] [--set k=v ...]
+
+``map`` is the vector-map branch (MapDistill): map teacher, baseline and MapDistill students, the
+loss ablation and the multi-task student (:data:`MAP_VARIANTS`, :func:`run_map`), scored by
+MapTR's Chamfer AP; its budget is :data:`MAP_BUDGET`.
 
 Every model is trained by :func:`radocc.train.main` from the real configs in
 ``configs/synthetic/`` (a variant is a config plus ``--set`` overrides, see :data:`VARIANTS`), each
@@ -33,7 +39,8 @@ import torch
 from tqdm import tqdm
 
 __all__ = ["VARIANTS", "DEMO_VARIANTS", "ExperimentError", "run_variant", "summarise",
-           "run_ablation", "run_demo", "main"]
+           "run_ablation", "run_demo", "MAP_VARIANTS", "run_map_variant", "summarise_map", "run_map",
+           "main"]
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "synthetic"
 
@@ -268,6 +275,218 @@ def run_demo(out: Path, seed: int = 0, data_root: str | None = None, overrides: 
     return payload
 
 
+
+# ----------------------------------------------------------------------------- vector map (MapDistill)
+# variant -> (config file in configs/synthetic/, --set overrides, label in the tables). The loss
+# ablation is the MapDistill student's config with the other two losses off (its weights otherwise).
+_NO_RELATION = ("map_loss.relation=0.0",)
+_NO_FEATURE = ("map_loss.feature_bev=0.0", "map_loss.feature_decoder=0.0")
+_NO_HEAD = ("map_loss.head_cls=0.0", "map_loss.head_pts=0.0")
+MAP_VARIANTS: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "teacher": ("map_teacher.toml", (), "teacher (camera + LiDAR fusion)"),
+    "baseline": ("map_student.toml", (), "baseline student (camera, GKT + LSS)"),
+    "relation": ("map_mapdistill.toml", (*_NO_FEATURE, *_NO_HEAD), "+ relation distillation only"),
+    "feature": ("map_mapdistill.toml", (*_NO_RELATION, *_NO_HEAD), "+ feature distillation only"),
+    "head": ("map_mapdistill.toml", (*_NO_RELATION, *_NO_FEATURE), "+ map-head distillation only"),
+    "mapdistill": ("map_mapdistill.toml", (), "MapDistill student (relation + feature + head)"),
+    "multitask": ("multitask.toml", (),
+                  "multi-task student (occupancy + map heads, RDC + RSC + MapDistill)"),
+}
+# Which MapDistill losses each student variant uses (the ablation table's columns).
+MAP_ABLATION = {"baseline": (), "relation": ("relation",), "feature": ("feature",),
+                "head": ("head",), "mapdistill": ("relation", "feature", "head")}
+# The budget of every map run, on top of the configs (their lr 2e-3, 20 warm-up steps): the
+# students 4 epochs (64 steps), the teacher twice that, so that it is the stronger model the
+# students distil from (trained once per seed, as a teacher is); validation only at the end.
+MAP_BUDGET = ("train.epochs=4", "train.val_every=4")
+MAP_TEACHER_BUDGET = ("train.epochs=8", "train.val_every=8")
+MAP_SUMMARY = {"mAP": "mAP (%)", "divider": "divider AP", "ped_crossing": "ped_crossing AP",
+               "boundary": "boundary AP"}
+# The multi-task student's occupancy teacher (RDC + RSC): the ablation's teacher run, same budget.
+OCCUPANCY_TEACHER = "teacher"
+
+
+def _map_metrics(result: dict[str, Any]) -> dict[str, float]:
+    """mAP, the AP of each class (mean over the thresholds) and, for the multi-task student, the
+    occupancy head's mIoU (NaN when missing)."""
+    nan = float("nan")
+    ap = result.get("AP") or {}
+    metrics = {"mAP": nan if result.get("mAP") is None else float(result["mAP"])}
+    for name in MAP_SUMMARY:
+        if name != "mAP":
+            values = list((ap.get(name) or {}).values())
+            metrics[name] = sum(values) / len(values) if values else nan
+    metrics["mIoU"] = nan if result.get("mIoU") is None else float(result["mIoU"])
+    return metrics
+
+
+def _evaluate_run(config: Any, checkpoint: Path) -> dict[str, Any]:
+    """The val-split evaluation of a run's checkpoint as ``python -m radocc.evaluate`` does it for
+    the config's task: Chamfer AP (map), Chamfer AP + Occ3D mIoU (multi), or the occupancy metrics."""
+    from radocc.evaluate import evaluate_model, load_model
+    from radocc.evaluate_map import evaluate_map_model, evaluate_multitask_model
+    from radocc.train import build_dataset, build_loader
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    loader = build_loader(build_dataset(config, config.data.val_split, train=False, segments=False),
+                          config, 0, 1, train=False)
+    model = load_model(config, checkpoint, device)
+    evaluate = {"map": evaluate_map_model, "multi": evaluate_multitask_model}.get(config.task,
+                                                                                 evaluate_model)
+    return evaluate(model, loader, config, device, progress=False)
+
+
+def run_map_variant(variant: str, seed: int, out: Path, data_root: str | None = None,
+                    overrides: Sequence[str] = (), teacher_run: Path | None = None,
+                    occupancy_teacher_run: Path | None = None,
+                    vector_cache: Path | None = None) -> dict[str, Any]:
+    """Train (or resume) and evaluate one map variant with one seed in ``out``; returns its
+    eval.json (as :func:`run_variant` does for the occupancy variants).
+
+    ``teacher_run``: the map teacher's run folder (``config.toml``, ``last.pt``) the students
+    distil from; ``occupancy_teacher_run``: the occupancy teacher's, for the multi-task student's
+    RDC + RSC. ``vector_cache``: a folder for the vector ground truth shared by the runs.
+    """
+    from radocc.config import load_config
+    from radocc.evaluate import _jsonable
+    from radocc.train import main as train_main
+
+    if variant not in MAP_VARIANTS:
+        raise ValueError(f"variant: expected one of {', '.join(MAP_VARIANTS)}, got {variant!r}")
+    done = out / "eval.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    config_file, variant_sets, _ = MAP_VARIANTS[variant]
+    budget = MAP_TEACHER_BUDGET if variant == "teacher" else MAP_BUDGET
+    sets = [f"seed={seed}", *budget, *variant_sets, *overrides]
+    if data_root:
+        sets.append(f'data.root="{data_root}"')
+    if vector_cache is not None:
+        sets.append(f'data.vector_cache="{vector_cache}"')
+    config = load_config(CONFIGS / config_file, sets)
+    teachers = {"teacher": (config.distills, occupancy_teacher_run if config.task == "multi" else teacher_run,
+                            "occupancy_teacher_run" if config.task == "multi" else "teacher_run"),
+                "map_teacher": (config.task == "multi" and config.map_distills, teacher_run, "teacher_run")}
+    for section, (needed, run, argument) in teachers.items():
+        if needed:
+            if run is None:
+                raise ValueError(f"{argument}: variant {variant!r} distils from a teacher, none given")
+            sets += [f'{section}.config="{run / "config.toml"}"',
+                     f'{section}.checkpoint="{run / "last.pt"}"']
+    argv = [str(CONFIGS / config_file), "--out", str(out), "--no-progress"]
+    argv += [a for s in sets for a in ("--set", s)]
+    if (out / "last.pt").is_file():
+        argv += ["--resume", str(out / "last.pt")]
+    tic = time.perf_counter()
+    if train_main(argv) != 0:
+        raise ExperimentError(f"training {variant} (seed {seed}) failed: python -m radocc.train "
+                              + shlex.join(argv))
+    train_s = time.perf_counter() - tic
+    tic = time.perf_counter()
+    result = _evaluate_run(load_config(CONFIGS / config_file, sets), out / "last.pt")
+    result = _jsonable(dict(result, variant=variant, seed=seed, checkpoint=str(out / "last.pt"),
+                            train_s=train_s, eval_s=time.perf_counter() - tic))
+    done.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def summarise_map(results: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Per variant, mean and sample std over seeds of mAP, each class's AP (mean over the
+    thresholds), mIoU (multi-task) and the training time, with the per-seed values:
+    ``{variant: {"seeds": [...], "mAP": {"mean", "std", "values"}, ...}}``."""
+    summary = {}
+    for variant, runs in results.items():
+        entry: dict[str, Any] = {"seeds": [r["seed"] for r in runs]}
+        for key in (*MAP_SUMMARY, "mIoU", "train_s"):
+            values = [float(r.get("train_s", float("nan"))) if key == "train_s"
+                      else _map_metrics(r)[key] for r in runs]
+            mean, std = _mean_std(values)
+            entry[key] = {"mean": mean, "std": std, "values": values}
+        summary[variant] = entry
+    return summary
+
+
+def _map_tables(summary: dict[str, dict[str, Any]], seeds: int) -> list[str]:
+    """The markdown tables of :func:`run_map`: the models, and the loss ablation."""
+    head = "| model | " + " | ".join(MAP_SUMMARY.values()) + " | mIoU (occupancy, %) | train (s) |"
+    table = [f"{seeds} seed(s), mean ± std over seeds; AP per class = mean over 0.5 / 1.0 / 1.5 m",
+             "", head, "|---" * (len(MAP_SUMMARY) + 3) + "|"]
+    for variant in ("teacher", "baseline", "mapdistill", "multitask"):
+        if variant in summary:
+            entry = summary[variant]
+            table.append(f"| {MAP_VARIANTS[variant][2]} | "
+                         + " | ".join(_fmt(entry[k], 2) for k in MAP_SUMMARY)
+                         + f" | {_fmt(entry['mIoU'], 2)} | {_fmt(entry['train_s'], 0)} |")
+    ablation = [v for v in MAP_ABLATION if v in summary]
+    if ablation:
+        table += ["", "Loss ablation (MapDistill student's model and budget; the released weights "
+                      "of the losses used):", "",
+                  "| relation | feature | head | mAP (%) | divider AP | ped_crossing AP | boundary AP |",
+                  "|---|---|---|---|---|---|---|"]
+        for variant in ablation:
+            used = MAP_ABLATION[variant]
+            marks = " | ".join("✓" if loss in used else "" for loss in ("relation", "feature", "head"))
+            entry = summary[variant]
+            table.append(f"| {marks} | " + " | ".join(_fmt(entry[k], 2) for k in MAP_SUMMARY) + " |")
+    if "teacher" in summary and "baseline" in summary and "mapdistill" in summary:
+        mean = {v: summary[v]["mAP"]["mean"] for v in ("teacher", "baseline", "mapdistill")}
+        ordered = mean["teacher"] > mean["mapdistill"] > mean["baseline"]
+        table += ["", f"teacher > MapDistill student > baseline student in mean mAP: "
+                      f"{'yes' if ordered else 'NO'}"]
+    return table
+
+
+def run_map(out: Path, seeds: int = 3, data_root: str | None = None, overrides: Sequence[str] = (),
+            variants: Sequence[str] = tuple(MAP_VARIANTS), occupancy_teachers: Path | None = None,
+            command: str = "") -> dict[str, Any]:
+    """The vector-map experiments: every variant x ``seeds`` seeds (0..N-1), the map teacher first
+    in each seed (and, for the multi-task student, the occupancy teacher: :func:`run_variant`'s
+    ``teacher`` in ``<out>/seed<S>/occupancy_teacher``, or ``<occupancy_teachers>/seed<S>/teacher``
+    when given, e.g. an ablation's folder). Runs are ``<out>/seed<S>/<variant>/``, resumable; writes
+    ``results.json`` / ``results.md`` in ``out`` and returns the results.json payload."""
+    if seeds < 1:
+        raise ValueError(f"seeds: expected >= 1, got {seeds}")
+    unknown = [v for v in variants if v not in MAP_VARIANTS]
+    if unknown:
+        raise ValueError(f"variants: unknown {unknown}, expected some of {', '.join(MAP_VARIANTS)}")
+    variants = ["teacher", *[v for v in MAP_VARIANTS if v in variants and v != "teacher"]]
+    tic = time.perf_counter()
+    results: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+    if "multitask" in variants and occupancy_teachers is not None:
+        missing = [str(occupancy_teachers / f"seed{seed}" / OCCUPANCY_TEACHER / "last.pt")
+                   for seed in range(seeds)]
+        missing = [m for m in missing if not Path(m).is_file()]
+        if missing:
+            raise ValueError(f"occupancy_teachers: no occupancy teacher run {', '.join(missing)} "
+                             f"(the multi-task student's RDC / RSC teachers, one per seed)")
+    # per seed: the map teacher, the multi-task student's occupancy teacher when it trains one
+    # here (None: the variant is that occupancy teacher), then the students
+    occupancy = "multitask" in variants and occupancy_teachers is None
+    jobs = [(seed, v) for seed in range(seeds)
+            for v in ["teacher", *([None] if occupancy else []), *variants[1:]]]
+    cache = out / "vector_cache"
+    bar = tqdm(jobs, desc="map experiments", unit="run", dynamic_ncols=True)
+    for seed, variant in bar:
+        bar.set_postfix_str(f"seed {seed} {variant or 'occupancy teacher'}")
+        folder = out / f"seed{seed}"
+        occupancy_teacher = (occupancy_teachers / f"seed{seed}" / OCCUPANCY_TEACHER
+                             if occupancy_teachers is not None else folder / "occupancy_teacher")
+        if variant is None:
+            run_variant(OCCUPANCY_TEACHER, seed, occupancy_teacher, data_root, overrides)
+            continue
+        results[variant].append(run_map_variant(variant, seed, folder / variant, data_root, overrides,
+                                                teacher_run=folder / "teacher",
+                                                occupancy_teacher_run=occupancy_teacher,
+                                                vector_cache=cache))
+    summary = summarise_map(results)
+    payload = {"seeds": seeds, "overrides": list(overrides), "budget": list(MAP_BUDGET),
+               "teacher_budget": list(MAP_TEACHER_BUDGET), "summary": summary, "runs": results}
+    out.mkdir(parents=True, exist_ok=True)
+    _write(out, "MapDistill vector maps (synthetic nuScenes, MapTR Chamfer AP on val)",
+           _map_tables(summary, seeds), payload, command, time.perf_counter() - tic)
+    return payload
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="python -m radocc.experiments", description=__doc__,
@@ -282,7 +501,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     ablation.add_argument("--seeds", type=int, default=3)
     ablation.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
                           help="a subset of the variants (the teacher is always trained)")
-    for p in (demo, ablation):
+    vector_map = sub.add_parser("map", help="MapDistill: teacher, baseline, MapDistill student, "
+                                            "loss ablation, multi-task student x N seeds")
+    vector_map.add_argument("--out", default="outputs/map")
+    vector_map.add_argument("--seeds", type=int, default=3)
+    vector_map.add_argument("--variants", nargs="+", default=list(MAP_VARIANTS),
+                            choices=list(MAP_VARIANTS),
+                            help="a subset of the variants (the map teacher is always trained)")
+    vector_map.add_argument("--occupancy-teachers", type=Path, metavar="DIR",
+                            help="reuse the occupancy teachers DIR/seed<S>/teacher (e.g. an "
+                                 "ablation's --out) for the multi-task student instead of "
+                                 "training them in <out>/seed<S>/occupancy_teacher")
+    for p in (demo, ablation, vector_map):
         p.add_argument("--data-root", help="the synthetic dataset (default: the configs' data.root)")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config value in every run (repeatable)")
@@ -292,6 +522,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             payload = run_demo(Path(args.out), args.seed, args.data_root, args.set,
                                pictures=not args.no_pictures, command=command)
+        elif args.command == "map":
+            payload = run_map(Path(args.out), args.seeds, args.data_root, args.set, args.variants,
+                              args.occupancy_teachers, command=command)
         else:
             payload = run_ablation(Path(args.out), args.seeds, args.data_root, args.set,
                                    args.variants, command=command)
