@@ -21,7 +21,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 LOW_LEVEL = ("radocc.render", "radocc.render_inputs", "radocc.render_reference", "radocc.rays",
-             "radocc.losses", "radocc.metrics", "radocc.raycast", "radocc.occ3d", "radocc.distill")
+             "radocc.losses", "radocc.metrics", "radocc.raycast", "radocc.occ3d", "radocc.distill",
+             "radocc.map_losses", "radocc.map_metrics")
 LOW_LEVEL_FORBIDDEN = ("radocc.models", "radocc.data", "radocc.train", "radocc.evaluate")
 MODELS_FORBIDDEN = ("radocc.data", "radocc.train", "radocc.evaluate")
 

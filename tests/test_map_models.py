@@ -8,7 +8,8 @@ import torch
 from radocc.models import (CameraConfig, GKTConfig, GKTViewTransform, LidarConfig, MapHeadConfig,
                            MapModel, MapModelConfig, MapTRHead)
 from radocc.models.gkt import GeometryKernelAttention, bev_anchors, kernel_indices, project_anchors
-from radocc.models.map_model import MapOutput, denormalize_points
+from radocc.map_losses import denormalize_points
+from radocc.models.map_model import MapOutput
 from radocc.models.maptr_head import BEVDeformableAttention, inverse_sigmoid
 
 torch.set_num_threads(1)

@@ -20,6 +20,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from radocc.map_losses import denormalize_points
 from radocc.models.bev import ConvFuser
 from radocc.models.camera import ImageEncoder
 from radocc.models.config import MapModelConfig
@@ -29,8 +30,7 @@ from radocc.models.lss import LSSViewTransform
 from radocc.models.maptr_head import MapTRHead
 from radocc.models.occupancy import _check_shape
 
-__all__ = ["FEATURE_STRIDE", "MapOutput", "MapPrediction", "MapModel", "build_map_model",
-           "denormalize_points"]
+__all__ = ["FEATURE_STRIDE", "MapOutput", "MapPrediction", "MapModel", "build_map_model"]
 
 FEATURE_STRIDE = 16
 """Image pixels per feature pixel of :class:`~radocc.models.camera.ImageEncoder` (layer3)."""
@@ -60,13 +60,6 @@ class MapPrediction(NamedTuple):
     lines: Tensor
     scores: Tensor
     labels: Tensor
-
-
-def denormalize_points(points: Tensor, pc_range: tuple[float, float, float, float]) -> Tensor:
-    """[..., 2] normalised (x_n, y_n) -> metres: x = x_min + x_n (x_max - x_min), likewise y."""
-    x_min, y_min, x_max, y_max = pc_range
-    lower = points.new_tensor([x_min, y_min])
-    return lower + points * points.new_tensor([x_max - x_min, y_max - y_min])
 
 
 class MapModel(nn.Module):
