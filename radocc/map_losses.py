@@ -23,15 +23,16 @@ inputs are detached. Matching runs without gradient on the CPU (scipy).
 
 from __future__ import annotations
 
-import contextlib
 import math
-from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 from torchvision.ops import sigmoid_focal_loss
+
+from radocc.losses import _acc, _autocast_off
 
 __all__ = [
     "MAP_LOSS_WEIGHTS", "MAP_PC_RANGE", "FOCAL_ALPHA", "FOCAL_GAMMA", "HEAD_SCORE_THRESHOLD",
@@ -141,18 +142,6 @@ def _weight(value: float, name: str) -> float:
             math.isfinite(value) and value >= 0):
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     return float(value)
-
-
-# ----------------------------------------------------------------------------- shared maths
-def _acc(x: Tensor) -> Tensor:
-    """Accumulation precision: float32, or float64 for float64 inputs."""
-    return x if x.dtype == torch.float64 else x.float()
-
-
-@contextlib.contextmanager
-def _autocast_off() -> Iterator[None]:
-    with torch.autocast("cuda", enabled=False), torch.autocast("cpu", enabled=False):
-        yield
 
 
 def normalize_points(points: Tensor, pc_range: Sequence[float] = MAP_PC_RANGE) -> Tensor:
