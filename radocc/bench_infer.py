@@ -2,6 +2,10 @@
 
 Times the forward pass (``torch.inference_mode``, batch 1, float32) of the config's model and, for
 a student config with a ``[teacher]``, of its teacher, on the current device after warm-up runs;
+for any task: an occupancy model, a vector-map model (``task = "map"``: the MapDistill teacher or
+a camera student, given cam2map and map-frame points as in training) or a multi-task student
+(``task = "multi"``, timed with its occupancy teacher ``[teacher]`` and map teacher
+``[map_teacher]``);
 reports the median of the timed runs as ms per frame and frames/s. Inputs are synthetic but of the
 real sizes: random images of ``data.image_size`` from the nuScenes rig (six cameras, or the count
 ``data.cameras`` names) and, for a camera + LiDAR model, one nuScenes-like LiDAR sweep (32 beams x
@@ -21,15 +25,15 @@ import numpy as np
 import torch
 
 from radocc.checkpoint import load_checkpoint, load_into
-from radocc.config import load_config, load_model_config
-from radocc.models import ModelConfig, OccupancyModel, build_model
+from radocc.config import ExperimentConfig, load_config
+from radocc.models import MapModelConfig, ModelConfig, build_map_model, build_model
 
-__all__ = ["frame_inputs", "time_model", "bench_infer", "print_infer"]
+__all__ = ["frame_inputs", "to_map_frame", "time_model", "bench_infer", "print_infer"]
 
 LIDAR_AZIMUTHS = 1085  # x 32 beams = 34,720 points, one nuScenes sweep
 
 
-def frame_inputs(config: ModelConfig, image_size: tuple[int, int], num_cameras: int,
+def frame_inputs(config: ModelConfig | MapModelConfig, image_size: tuple[int, int], num_cameras: int,
                  device: torch.device, seed: int = 0) -> dict[str, torch.Tensor]:
     """One frame (batch 1) of model inputs on ``device``.
 
@@ -63,29 +67,70 @@ def frame_inputs(config: ModelConfig, image_size: tuple[int, int], num_cameras: 
     return {k: v.to(device) for k, v in inputs.items()}
 
 
+def to_map_frame(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """:func:`frame_inputs` in the vector-map frame of the rig's LiDAR (MapTR's frame: x right,
+    y forward; :func:`radocc.data.vectors.ego_to_map`), as the map models are fed in training.
+
+    Returns:
+        the inputs plus "ego2map" [1, 4, 4], "cam2map" [1, N, 4, 4] = ego2map @ cam2ego and, when
+        there are "points", "map_points" [1, P, 5]: them in the map frame (intensity, time kept).
+    """
+    from radocc.data.geometry import make_transform
+    from radocc.data.rig import LIDAR
+    from radocc.data.vectors import ego_to_map
+
+    cam2ego = inputs["cam2ego"]
+    lidar2ego = make_transform(LIDAR.rotation, LIDAR.translation)
+    ego2map = torch.from_numpy(ego_to_map(lidar2ego)).float().to(cam2ego.device)[None]
+    out = dict(inputs, ego2map=ego2map, cam2map=ego2map[:, None] @ cam2ego)
+    if "points" in inputs:
+        points = inputs["points"]
+        xyz = points[..., :3] @ ego2map[:, :3, :3].transpose(1, 2) + ego2map[:, None, :3, 3]
+        out["map_points"] = torch.cat([xyz, points[..., 3:]], dim=-1)
+    return out
+
+
+def _arguments(task: str, modality: str, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """The forward arguments of a model of ``task`` from :func:`to_map_frame`'s inputs."""
+    points = inputs.get("map_points" if task == "map" else "points")
+    lidar = [points, inputs["num_points"]] if modality == "fusion" else []
+    if task == "multi":
+        return [inputs["images"], inputs["intrinsics"], inputs["cam2ego"], inputs["ego2map"]]
+    pose = inputs["cam2map"] if task == "map" else inputs["cam2ego"]
+    return [inputs["images"], inputs["intrinsics"], pose, *lidar]
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 @torch.inference_mode()
-def time_model(model: OccupancyModel, inputs: dict[str, torch.Tensor], warmup: int = 3,
-               repeats: int = 10) -> list[float]:
-    """Seconds of each of ``repeats`` forward passes after ``warmup`` untimed ones."""
-    device = inputs["images"].device
-    lidar = (inputs["points"], inputs["num_points"]) if "points" in inputs else ()
+def time_model(model: torch.nn.Module, inputs: dict[str, torch.Tensor] | Sequence[torch.Tensor],
+               warmup: int = 3, repeats: int = 10) -> list[float]:
+    """Seconds of each of ``repeats`` forward passes after ``warmup`` untimed ones.
+
+    ``inputs``: an occupancy model's :func:`frame_inputs`, or the positional arguments of any
+    model's forward (e.g. a map model's images, intrinsics, cam2map).
+    """
+    if isinstance(inputs, dict):
+        args = [inputs["images"], inputs["intrinsics"], inputs["cam2ego"]]
+        args += [inputs["points"], inputs["num_points"]] if "points" in inputs else []
+    else:
+        args = list(inputs)
+    device = args[0].device
     times = []
     for i in range(warmup + repeats):
         _sync(device)
         tic = time.perf_counter()
-        model(inputs["images"], inputs["intrinsics"], inputs["cam2ego"], *lidar)
+        model(*args)
         _sync(device)
         if i >= warmup:
             times.append(time.perf_counter() - tic)
     return times
 
 
-def _weights(model: OccupancyModel, checkpoint: str | None, what: str) -> str:
+def _weights(model: torch.nn.Module, checkpoint: str | None, what: str) -> str:
     if not checkpoint:
         return "random"
     state = load_checkpoint(checkpoint)
@@ -114,42 +159,77 @@ def bench_infer(config_path: str, checkpoint: str | None = None, device: str = "
     config = load_config(config_path, overrides)
     dev = torch.device(device)
     cameras = len(config.data.cameras) or 6
-    runs: list[tuple[str, ModelConfig, str | None]] = []
-    if config.teacher.config:
-        teacher_checkpoint = config.teacher.checkpoint
-        runs.append(("teacher", load_model_config(config.teacher.config),
-                     teacher_checkpoint if os.path.isfile(teacher_checkpoint) else None))
-    runs.append((config.role, config.model, checkpoint))
     models = []
-    for role, model_config, weights in runs:
-        model = build_model(model_config)
+    for role, task, model_config, weights in _models(config, checkpoint):
+        model = _build(task, model_config)
         source = _weights(model, weights, role)
         model = model.to(dev).eval()
-        inputs = frame_inputs(model_config, config.data.image_size, cameras, dev)
-        ms = [1000 * t for t in time_model(model, inputs, warmup, repeats)]
+        modality = (model_config[0] if task == "multi" else model_config).modality
+        inputs = to_map_frame(frame_inputs(model_config[0] if task == "multi" else model_config,
+                                           config.data.image_size, cameras, dev))
+        ms = [1000 * t for t in time_model(model, _arguments(task, modality, inputs), warmup, repeats)]
         median = statistics.median(ms)
-        models.append({"role": role, "modality": model_config.modality, "weights": source,
+        models.append({"role": role, "task": task, "modality": modality, "weights": source,
                        "parameters": sum(p.numel() for p in model.parameters()),
                        "ms_per_frame": median, "frames_per_second": 1000 / median,
                        "ms_min": min(ms), "ms_max": max(ms)})
         del model, inputs
-    return {"config": config_path, "overrides": list(overrides),
+    return {"config": config_path, "overrides": list(overrides), "task": config.task,
             "device": "cpu" if dev.type == "cpu" else torch.cuda.get_device_name(dev),
             "threads": torch.get_num_threads(), "image_size": list(config.data.image_size),
             "cameras": cameras, "grid_shape": list(config.model.grid_shape),
+            "bev_shape": list(config.map_model.bev_shape),
             "warmup": warmup, "repeats": repeats, "models": models}
+
+
+def _models(config: ExperimentConfig, checkpoint: str | None) -> list[tuple[str, str, Any, str | None]]:
+    """(role, task, model config, weights or None) of the models to time, teachers first. A
+    teacher loads its checkpoint when the file exists. Model config: ModelConfig (occupancy),
+    MapModelConfig (map), or (ModelConfig, MapModelConfig) (multi)."""
+    def teacher(role: str, section) -> tuple[str, str, Any, str | None]:
+        full = load_config(section.config)
+        weights = section.checkpoint if os.path.isfile(section.checkpoint) else None
+        if full.task == "map":
+            return role, "map", full.map_model, weights
+        return role, "occupancy", full.model, weights
+
+    runs = []
+    if config.teacher.config:
+        runs.append(teacher("teacher", config.teacher))
+    if config.task == "multi" and config.map_teacher.config:
+        runs.append(teacher("map_teacher", config.map_teacher))
+    model_config = {"occupancy": config.model, "map": config.map_model,
+                    "multi": (config.model, config.map_model)}[config.task]
+    runs.append((config.role, config.task, model_config, checkpoint))
+    return runs
+
+
+def _build(task: str, model_config: Any) -> torch.nn.Module:
+    if task == "map":
+        return build_map_model(model_config)
+    if task == "multi":
+        from radocc.multitask import MultiTaskModel
+
+        return MultiTaskModel(*model_config)
+    return build_model(model_config)
 
 
 def print_infer(result: dict[str, Any]) -> None:
     """The result of :func:`bench_infer` as a table."""
     h, w = result["image_size"]
+    tasks = {m["task"] for m in result["models"]}
+    grids = []
+    if tasks & {"occupancy", "multi"}:
+        grids.append(f"grid {'x'.join(map(str, result['grid_shape']))}")
+    if tasks & {"map", "multi"}:
+        grids.append(f"map BEV {'x'.join(map(str, result['bev_shape']))}")
     print(f"config: {result['config']} {' '.join(result['overrides'])}".rstrip())
     print(f"device: {result['device']} ({result['threads']} threads); batch 1, {result['cameras']} "
-          f"cameras {h}x{w}, grid {'x'.join(map(str, result['grid_shape']))}; median of "
+          f"cameras {h}x{w}, {', '.join(grids)}; median of "
           f"{result['repeats']} runs after {result['warmup']} warm-up, float32")
-    print(f"{'model':10} {'modality':9} {'params':>9} {'ms/frame':>10} {'frames/s':>9} "
+    print(f"{'model':12} {'task':9} {'modality':11} {'params':>9} {'ms/frame':>10} {'frames/s':>9} "
           f"{'min ms':>8} {'max ms':>8}  weights")
     for m in result["models"]:
-        print(f"{m['role']:10} {m['modality']:9} {m['parameters'] / 1e6:8.2f}M "
+        print(f"{m['role']:12} {m['task']:9} {m['modality']:11} {m['parameters'] / 1e6:8.2f}M "
               f"{m['ms_per_frame']:10.1f} {m['frames_per_second']:9.2f} {m['ms_min']:8.1f} "
               f"{m['ms_max']:8.1f}  {m['weights']}")
