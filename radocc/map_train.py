@@ -235,8 +235,6 @@ class MultiTaskTrainer(Trainer):
 
     # ---- the step: data -> models -> render / losses -> backward
     def step(self, batch: dict[str, Any]) -> dict[str, float]:
-        from radocc import losses
-
         c, w = self.config, self.config.loss
         # data
         with self._phase("data_to_device"):
@@ -254,26 +252,10 @@ class MultiTaskTrainer(Trainer):
                 if self.map_teacher is not None:
                     map_teacher = self.map_teacher(images, intrinsics, cam2map, map_points, batch["num_points"])
             # occupancy: render teacher and student along the workers' rays (RDC, RSC), CE, ...
-            terms: dict[str, Tensor] = {}
-            if teacher is not None and (w.rdc > 0 or w.rsc > 0):
-                rendered = self.render_loss(
-                    occ.logits, teacher.logits, intrinsics, cam2ego,
-                    pixels=batch["ray_pixels"], valid=batch["ray_valid"],
-                    ray_segments=batch.get("ray_segments") if w.rsc_mode == "affinity" else None,
-                    timer=self._phase)
-                terms.update({k: rendered[k] for k in ("rdc", "rsc") if k in rendered})
-            with self._phase("other_losses"):
-                terms["occupancy"] = losses.occupancy_loss(occ.logits, batch["semantics"],
-                                                           batch["mask_camera"], self.class_weights)
-                if w.depth > 0:
-                    terms["depth"] = losses.depth_loss(occ.depth, batch["depth_target"],
-                                                       c.model.camera.depth_bins)
-                if teacher is not None and w.feature_alignment > 0:
-                    terms["feature_alignment"] = self.adapter["occupancy"](occ.bev, teacher.bev)
-                if teacher is not None and w.logit_alignment > 0:
-                    terms["logit_alignment"] = losses.logit_alignment_loss(
-                        occ.logits, teacher.logits, batch["mask_camera"])
-                occupancy_total = sum(getattr(w, name) * value for name, value in terms.items())
+            occupancy_adapter = (self.adapter["occupancy"] if self.adapter is not None
+                                 and "occupancy" in self.adapter else None)
+            terms = self.occupancy_losses(batch, occ, teacher, occupancy_adapter)
+            occupancy_total = sum(getattr(w, name) * value for name, value in terms.items())
             # map: MapTR head losses and MapDistill
             with self._phase("map_losses"):
                 map_terms = map_head_losses(vec, map_targets(batch), c)

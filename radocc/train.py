@@ -362,35 +362,42 @@ class Trainer:
             if self.teacher is not None:
                 with self._phase("teacher_forward"), torch.no_grad():
                     teacher = self.teacher(images, intrinsics, cam2ego, batch["points"], batch["num_points"])
-            # render teacher and student along the workers' rays; RDC and RSC (phases "render",
-            # "render_losses")
-            terms: dict[str, Tensor] = {}
-            if teacher is not None and (w.rdc > 0 or w.rsc > 0):
-                rendered = self.render_loss(
-                    student.logits, teacher.logits, intrinsics, cam2ego,
-                    pixels=batch["ray_pixels"], valid=batch["ray_valid"],
-                    ray_segments=batch.get("ray_segments") if w.rsc_mode == "affinity" else None,
-                    timer=self._phase)
-                terms.update({k: rendered[k] for k in ("rdc", "rsc") if k in rendered})
-            # other losses
-            with self._phase("other_losses"):
-                terms["occupancy"] = losses.occupancy_loss(student.logits, batch["semantics"],
-                                                           batch["mask_camera"], self.class_weights)
-                if w.depth > 0:
-                    terms["depth"] = losses.depth_loss(student.depth, batch["depth_target"],
-                                                       c.model.camera.depth_bins)
-                if teacher is not None and w.feature_alignment > 0:
-                    terms["feature_alignment"] = self.adapter(student.bev, teacher.bev)
-                if teacher is not None and w.logit_alignment > 0:
-                    terms["logit_alignment"] = losses.logit_alignment_loss(
-                        student.logits, teacher.logits, batch["mask_camera"])
-                total = sum(getattr(w, name) * value for name, value in terms.items())
+            # render teacher and student along the workers' rays (RDC, RSC), then the other losses
+            terms = self.occupancy_losses(batch, student, teacher, self.adapter)
+            total = sum(getattr(w, name) * value for name, value in terms.items())
         self._check_finite(terms)
         # backward
         self._update(total)
         if self.writer is not None and c.train.image_every and self.iteration % c.train.image_every == 1:
             self._log_pictures(batch, student, teacher)
         return _logged(terms, total)
+
+    def occupancy_losses(self, batch: dict[str, Any], student: ModelOutput, teacher: ModelOutput | None,
+                         adapter: nn.Module | None) -> dict[str, Tensor]:
+        """The unweighted occupancy loss terms of one step: RDC and RSC (the student and the
+        teacher rendered along the workers' rays; phases "render", "render_losses"), the CE, and
+        the depth and alignment baselines that [loss] switches on."""
+        c, w = self.config, self.config.loss
+        terms: dict[str, Tensor] = {}
+        if teacher is not None and (w.rdc > 0 or w.rsc > 0):
+            rendered = self.render_loss(
+                student.logits, teacher.logits, batch["intrinsics"], batch["cam2ego"],
+                pixels=batch["ray_pixels"], valid=batch["ray_valid"],
+                ray_segments=batch.get("ray_segments") if w.rsc_mode == "affinity" else None,
+                timer=self._phase)
+            terms.update({k: rendered[k] for k in ("rdc", "rsc") if k in rendered})
+        with self._phase("other_losses"):
+            terms["occupancy"] = losses.occupancy_loss(student.logits, batch["semantics"],
+                                                       batch["mask_camera"], self.class_weights)
+            if w.depth > 0:
+                terms["depth"] = losses.depth_loss(student.depth, batch["depth_target"],
+                                                   c.model.camera.depth_bins)
+            if teacher is not None and w.feature_alignment > 0:
+                terms["feature_alignment"] = adapter(student.bev, teacher.bev)
+            if teacher is not None and w.logit_alignment > 0:
+                terms["logit_alignment"] = losses.logit_alignment_loss(
+                    student.logits, teacher.logits, batch["mask_camera"])
+        return terms
 
     def _update(self, total: Tensor) -> None:
         """Backward, gradient clipping, AdamW step, schedule step, EMA; counts the iteration."""
