@@ -17,14 +17,16 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
-from matplotlib.patches import Patch
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch, Rectangle
 
 from radocc.occ3d import CLASS_NAMES, FREE
 from radocc.viz import (MOSAIC_ORDER, OCC3D_PALETTE, bev_labels, colorize_depth, colorize_labels,
                         segment_overlay)
 
 __all__ = ["DPI", "save_figure", "depth_colormap", "segments_figure", "occupancy_figure",
-           "render_figure", "termination_figure", "affinity_figure"]
+           "render_figure", "termination_figure", "affinity_figure", "MAP_PALETTE", "map_figure",
+           "map_figure_layout"]
 
 DPI = 100
 _TITLE = 11  # font sizes, points
@@ -373,4 +375,87 @@ def affinity_figure(image: np.ndarray, segments: np.ndarray,
         bar = _axes(fig, 420 * (i + 1) + 30, 440, 340, 10)
         fig.colorbar(image_artist, cax=bar, orientation="horizontal")
         bar.tick_params(labelsize=_SMALL - 1)
+    return fig
+
+
+# ----------------------------------------------------------------------------- vector map
+MAP_PALETTE = np.array([(255, 140, 0), (0, 90, 255), (0, 160, 60)], dtype=np.uint8)
+"""One RGB colour per vector-map class, radocc.data.MAP_CLASSES order: divider orange,
+ped_crossing blue, boundary green (MapTR's colours)."""
+_MAP_CLASS_NAMES = ("divider", "ped_crossing", "boundary")
+_MAP_PX_PER_M = 6  # the BEV panels: 30 x 60 m -> 180 x 360 px
+_MAP_CELL_EXTRA = 70  # axis labels beside each BEV panel
+
+
+def map_figure_layout(num_panels: int, image_size: tuple[int, int], num_cameras: int,
+                      pc_range: Sequence[float] = (-15.0, -30.0, 15.0, 30.0)) -> dict[str, object]:
+    """Where :func:`map_figure` puts things, in pixels from the top-left corner: "size" (W, H),
+    "camera" (width, height of one picture), "bev" (list of (left, top, width, height) per panel)."""
+    x_min, y_min, x_max, y_max = pc_range
+    bev_w, bev_h = round((x_max - x_min) * _MAP_PX_PER_M), round((y_max - y_min) * _MAP_PX_PER_M)
+    cell = bev_w + _MAP_CELL_EXTRA
+    width = max(num_panels * cell + 20, 3 * 250 + 40)
+    cam_w = (width - 40) // 3
+    cam_h = round(cam_w * image_size[0] / image_size[1])
+    rows = -(-num_cameras // 3)
+    top = 40 + rows * (cam_h + 22) + 36
+    left0 = (width - num_panels * cell) // 2 + 55
+    return {"size": (width, top + bev_h + 45 + 40), "camera": (cam_w, cam_h),
+            "bev": [(left0 + i * cell, top, bev_w, bev_h) for i in range(num_panels)]}
+
+
+@_default_style
+def map_figure(images: dict[str, np.ndarray],
+               panels: Sequence[tuple[str, Sequence[np.ndarray], np.ndarray]], *,
+               pc_range: Sequence[float] = (-15.0, -30.0, 15.0, 30.0), title: str = "") -> Figure:
+    """The input images and vector maps side by side over the BEV patch (MapDistill's Fig. 4).
+
+    Args:
+        images: {camera: uint8 [H, W, 3]} the input pictures (2 x 3 nuScenes mosaic for six).
+        panels: (title, lines, labels) per map: lines a list of [Ni, 2] metres in the map frame
+            (x right, y forward), labels [M] class ids (0 divider, 1 ped_crossing, 2 boundary);
+            e.g. the ground truth, then the teacher's and the students' predictions (drawn in the
+            given order, so pass predictions in ascending score to put the surest on top).
+        pc_range: (x_min, y_min, x_max, y_max) of the patch, metres.
+    Each map: its patch at 6 px per metre (forward up, right right), each vector a 2 px line
+    with its points as dots in its class colour (:data:`MAP_PALETTE`), the ego car as a grey box
+    at the origin. Size and positions: :func:`map_figure_layout`.
+    """
+    if not panels:
+        raise ValueError("map_figure needs at least one (title, lines, labels) panel")
+    names = _mosaic(list(images))
+    first = images[names[0]]
+    layout = map_figure_layout(len(panels), first.shape[:2], len(names), pc_range)
+    fig = _figure(*layout["size"])
+    _suptitle(fig, title or "vector maps over the BEV patch")
+    cam_w, cam_h = layout["camera"]
+    for i, name in enumerate(names):
+        ax = _axes(fig, 20 + (i % 3) * cam_w, 40 + (i // 3) * (cam_h + 22) + 18, cam_w - 4, cam_h)
+        _image(ax, images[name], name, aspect="auto")
+    x_min, y_min, x_max, y_max = pc_range
+    colours = MAP_PALETTE / 255.0
+    for (heading, lines, labels), box in zip(panels, layout["bev"]):
+        labels = np.asarray(labels, dtype=np.int64)
+        if len(lines) != len(labels):
+            raise ValueError(f"panel {heading!r}: {len(lines)} lines but {len(labels)} labels")
+        if len(labels) and not ((labels >= 0) & (labels < len(MAP_PALETTE))).all():
+            raise ValueError(f"panel {heading!r}: labels must be class ids in [0, "
+                             f"{len(MAP_PALETTE)}), got {sorted(set(labels.tolist()))}")
+        ax = _axes(fig, *box)
+        ax.set_xlim(x_min, x_max)
+        ax.set_ylim(y_min, y_max)
+        ax.add_patch(Rectangle((-0.9, -2.25), 1.8, 4.5, facecolor="0.55", edgecolor="none"))
+        for line, label in zip(lines, labels):
+            line = np.asarray(line, dtype=np.float64).reshape(-1, 2)
+            ax.plot(line[:, 0], line[:, 1], color=colours[label], linewidth=2,
+                    solid_capstyle="butt", marker="o", markersize=2.5, antialiased=False)
+        ax.set_title(heading, fontsize=_SMALL + 1, pad=4)
+        ax.set_xlabel("x (right), m", fontsize=_SMALL, labelpad=1)
+        ax.set_ylabel("y (forward), m", fontsize=_SMALL, labelpad=1)
+        ax.tick_params(labelsize=_SMALL - 1)
+    handles = [Line2D([], [], color=colours[c], linewidth=3, label=name)
+               for c, name in enumerate(_MAP_CLASS_NAMES)]
+    legend = _axes(fig, 0, layout["size"][1] - 40, layout["size"][0], 36)
+    legend.axis("off")
+    legend.legend(handles=handles, loc="center", ncol=3, fontsize=_SMALL + 1, frameon=False)
     return fig

@@ -16,11 +16,16 @@ COMMAND (on the sample read as the config's [data] reads it for validation):
                  [--camera CAM] [--pixel U V]  (RadOcc's Fig. 3)
     affinity     teacher and student segment affinity matrices of one camera image
                  [--camera CAM] [--stride S] [--max-segments K]  (RadOcc's Fig. 4)
+    map          the input images and, over the 60 x 30 m BEV patch, the ground-truth, teacher,
+                 baseline student and (MapDistill) student vectors (MapDistill's Fig. 4), for a
+                 map config (task "map" or "multi") [--baseline-config CFG
+                 --baseline-checkpoint PATH] [--score-threshold T]
     (render, termination and affinity also draw the labels rendered as a model with
     --ground-truth: where the renders should stop, and what they should show)
 
 The models: --config/--checkpoint, and the teacher --teacher-config/--teacher-checkpoint, which
-default to the config's [teacher] section (a RadOcc student's config names its teacher). Renders
+default to the config's [teacher] section (a RadOcc student's config names its teacher; for
+``map`` with a multi-task config, its [map_teacher]). Renders
 use the config's [render] settings. The figure builders are in :mod:`radocc.pictures`, the arrays
 they draw are computed in :mod:`radocc.viz_data`.
 """
@@ -28,6 +33,7 @@ they draw are computed in :mod:`radocc.viz_data`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -294,6 +300,42 @@ def _cmd_affinity(args: argparse.Namespace, config: ExperimentConfig, batch: dic
                                  f"{_sample_title(batch, args.split, args.index)}")
 
 
+def _cmd_map(args: argparse.Namespace, config: ExperimentConfig, batch: dict[str, Any],
+             models: list[VizModel]) -> Figure:
+    from radocc.pictures import map_figure
+    from radocc.viz_data import camera_names, ground_truth_vectors, load_viz_model, predict_vectors
+
+    if config.task not in ("map", "multi"):
+        raise ValueError(f"map draws vector maps: --config must be a map config (task 'map' or "
+                         f"'multi'), got task {config.task!r} ({args.config})")
+    if bool(args.baseline_config) != bool(args.baseline_checkpoint):
+        raise ValueError("--baseline-config and --baseline-checkpoint go together")
+    if not 0.0 <= args.score_threshold <= 1.0:
+        raise ValueError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
+    *teacher, student = models if args.checkpoint else [*models, None]
+    labelled = [(m, m.label) for m in teacher]
+    if args.baseline_config:
+        baseline = load_viz_model(args.baseline_config, args.baseline_checkpoint,
+                                  torch.device(args.device), "baseline")
+        labelled.append((baseline, f"baseline {baseline.label}"))
+    if student is not None:
+        distils = bool(student.config.map_loss.distill_weights())
+        labelled.append((student, f"MapDistill {student.label}" if distils else student.label))
+    truth = ground_truth_vectors(batch)
+    panels = [(f"ground truth\n{len(truth.labels)} vectors", truth.lines, truth.labels)]
+    for model, label in labelled:
+        v = predict_vectors(model, batch, args.score_threshold)
+        order = np.argsort(v.scores, kind="stable")  # ascending: the surest drawn on top
+        panels.append((f"{label}\n{len(v.labels)} vectors, score \u2265 {args.score_threshold:.2f}",
+                       [v.lines[i] for i in order], v.labels[order]))
+    if len(panels) == 1:
+        raise ValueError("map needs a model to draw: --checkpoint, a teacher, or --baseline-*")
+    names, images = camera_names(batch), _images_uint8(batch)
+    return map_figure(dict(zip(names, images)), panels, pc_range=config.map_model.pc_range,
+                      title=f"vector maps (divider / ped_crossing / boundary): "
+                            f"{_sample_title(batch, args.split, args.index)}")
+
+
 # subcommand -> (drawing function, needs segments, help)
 _COMMANDS = {
     "segments": (_cmd_segments, True, "the camera images with their SAM segments overlaid"),
@@ -304,6 +346,8 @@ _COMMANDS = {
                     "termination distributions of teacher and student along one pixel's ray"),
     "affinity": (_cmd_affinity, True,
                  "segment affinity matrices of teacher and student for one camera image"),
+    "map": (_cmd_map, False, "input images and ground-truth / teacher / baseline / MapDistill "
+                             "vectors over the BEV patch"),
 }
 
 
@@ -360,6 +404,12 @@ def _parser() -> argparse.ArgumentParser:
         if name == "affinity":
             command.add_argument("--max-segments", type=int, default=40,
                                  help="show the segments with the most rays (0: all)")
+        if name == "map":
+            command.add_argument("--baseline-config", help="the baseline student's config")
+            command.add_argument("--baseline-checkpoint", help="the baseline student's checkpoint")
+            command.add_argument("--score-threshold", type=float, default=0.3,
+                                 help="draw the predicted vectors scoring at least this (of "
+                                      "MapTR's top 50; default 0.3)")
     return parser
 
 
@@ -383,10 +433,15 @@ def main(argv: list[str] | None = None) -> int:
             from radocc.pictures import save_figure
             from radocc.viz_data import load_models, load_sample
 
-            batch = load_sample(config, args.split, args.index, segments=needs_segments)
+            batch = load_sample(config, args.split, args.index, segments=needs_segments,
+                                vectors=args.command == "map")
+            teacher = (args.teacher_config, args.teacher_checkpoint)
+            if args.command == "map" and config.task == "multi":  # its [teacher] is for occupancy
+                teacher = (args.teacher_config or config.map_teacher.config or None,
+                           args.teacher_checkpoint or config.map_teacher.checkpoint or None)
+                config = dataclasses.replace(config, teacher=type(config.teacher)())
             models = [] if args.command == "segments" else load_models(
-                config, args.checkpoint, args.teacher_config, args.teacher_checkpoint,
-                torch.device(args.device))
+                config, args.checkpoint, *teacher, torch.device(args.device))
             path = save_figure(draw(args, config, batch, models), args.out)
     except (ConfigError, DataError, FileNotFoundError, IndexError, ValueError) as exc:
         print(f"radocc.viz: error: {exc}", file=sys.stderr)

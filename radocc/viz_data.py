@@ -1,6 +1,6 @@
 """What the pictures of :mod:`radocc.viz` show, as arrays: one sample, the models' voxel
 predictions, and their renders through the sample's cameras (depth, semantics, one ray's
-termination distribution, segment affinities).
+termination distribution, segment affinities); the vector-map models' decoded vectors.
 
 Renders use the project's renderer configured as in training (``radocc.train.build_render_loss``:
 the config's grid, depth bins, step and chunking), so a picture shows what RDC and RSC compare.
@@ -19,8 +19,8 @@ from radocc.config import ExperimentConfig, load_config
 from radocc.models import OccupancyModel
 from radocc.rays import lookup_pixels, pixel_grid
 
-__all__ = ["VizModel", "load_sample", "load_models", "camera_names", "camera_index", "predict",
-           "ground_truth_logits",
+__all__ = ["VizModel", "load_sample", "load_models", "load_viz_model", "camera_names", "camera_index",
+           "predict", "ground_truth_logits", "MapVectorsView", "ground_truth_vectors", "predict_vectors",
            "CameraRenders", "render_cameras", "ray_termination", "lidar_depth_at",
            "CameraAffinity", "camera_affinity"]
 
@@ -35,12 +35,14 @@ class VizModel(NamedTuple):
 
 
 def load_sample(config: ExperimentConfig, split: str, index: int, *,
-                segments: bool = False) -> dict[str, Any]:
+                segments: bool = False, vectors: bool = False) -> dict[str, Any]:
     """Sample ``index`` of ``split`` read as the config's data section reads it for validation
     (its image size and cameras, no augmentation), batched (B = 1, see ``radocc.data.collate``).
 
     ``segments``: also load the SAM segment maps (``segments`` [1, N, H, W] int64); the data root
-    must hold them (``python -m radocc.segments``). Raises IndexError for a bad index.
+    must hold them (``python -m radocc.segments``). ``vectors``: also the vector-map ground truth
+    and ``ego2map`` (``radocc.data.vectors``; the root must hold the map expansion). Raises
+    IndexError for a bad index.
     """
     from radocc.data import DatasetConfig, NuScenesOccDataset, collate
     from radocc.data.rig import CAMERA_NAMES
@@ -48,7 +50,7 @@ def load_sample(config: ExperimentConfig, split: str, index: int, *,
     d = config.data
     dataset = NuScenesOccDataset(d.root, d.version, split, DatasetConfig(
         image_size=tuple(d.image_size), cameras=tuple(d.cameras) or CAMERA_NAMES,
-        lidar_sweeps=d.lidar_sweeps, augment=False, load_segments=segments))
+        lidar_sweeps=d.lidar_sweeps, augment=False, load_segments=segments, vectors=vectors))
     if not 0 <= index < len(dataset):
         raise IndexError(f"--index must be in [0, {len(dataset)}) for split {split!r} of "
                          f"{d.root}, got {index}")
@@ -90,6 +92,19 @@ def load_models(config: ExperimentConfig, checkpoint: str | Path | None,
             raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
         models.append(VizModel(_label(config), config, load_model(config, checkpoint, device)))
     return models
+
+
+def load_viz_model(config_path: str | Path, checkpoint: str | Path, device: torch.device,
+                   what: str = "model") -> VizModel:
+    """One more model for a picture (e.g. the baseline student): its config and checkpoint,
+    loaded as :func:`radocc.evaluate.load_model` does. ``what`` names it in errors."""
+    from radocc.evaluate import load_model
+
+    for kind, path in (("config", config_path), ("checkpoint", checkpoint)):
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{what} {kind} {path} does not exist")
+    config = load_config(config_path)
+    return VizModel(_label(config), config, load_model(config, checkpoint, device))
 
 
 def camera_names(batch: dict[str, Any]) -> list[str]:
@@ -243,3 +258,53 @@ def camera_affinity(config: ExperimentConfig, logits: Tensor, batch: dict[str, A
     result = CameraAffinity(affinity.matrix[0][rows][:, rows].cpu().numpy(),
                             affinity.ids[0][rows].cpu().numpy())
     return result, out.features, ids
+
+
+class MapVectorsView(NamedTuple):
+    """Vectors of one sample in the map frame (x right, y forward, metres), as drawn."""
+
+    lines: list[np.ndarray]
+    """Each [Ni, 2] float64 metres (ground truth: the original clipped geometry; predictions:
+    the decoded points)."""
+    labels: np.ndarray
+    """[M] int64 class ids (radocc.data.MAP_CLASSES)."""
+    scores: np.ndarray | None
+    """[M] float confidence of each prediction in descending order; None for the ground truth."""
+
+
+def ground_truth_vectors(batch: dict[str, Any]) -> MapVectorsView:
+    """The vector ground truth of a batched sample (B = 1) loaded with ``vectors=True``."""
+    if "map_lines" not in batch:
+        raise ValueError("the sample has no vector ground truth: load it with vectors=True")
+    return MapVectorsView([np.asarray(line, np.float64) for line in batch["map_lines"][0]],
+                          batch["map_labels"][0].cpu().numpy().astype(np.int64), None)
+
+
+@torch.no_grad()
+def predict_vectors(model: VizModel, batch: dict[str, Any], score_threshold: float = 0.0,
+                    top_k: int = 50) -> MapVectorsView:
+    """A vector-map model's decoded vectors for a batched sample (B = 1; loaded with
+    ``vectors=True``, for ego2map): MapTR's top ``top_k`` over queries x classes, then those
+    scoring below ``score_threshold`` dropped. A map model sees map-frame inputs (and a fusion
+    model the LiDAR points); a multi-task student its ego-frame inputs and ego2map."""
+    from radocc.map_train import map_frame_inputs
+    from radocc.train import to_device
+
+    if not 0.0 <= score_threshold <= 1.0:
+        raise ValueError(f"score_threshold must be in [0, 1], got {score_threshold}")
+    if model.config.task not in ("map", "multi"):
+        raise ValueError(f"{model.label} is a task {model.config.task!r} model: vectors need a map "
+                         f"model (task 'map') or a multi-task student (task 'multi')")
+    device = next(model.model.parameters()).device
+    batch = to_device({k: v for k, v in batch.items() if not k.startswith("map_")}, device)
+    if model.config.task == "multi":
+        output = model.model(batch["images"], batch["intrinsics"], batch["cam2ego"], batch["ego2map"])[1]
+    else:
+        cam2map, points = map_frame_inputs(batch)
+        lidar = ((points, batch["num_points"]) if model.config.map_model.modality == "fusion"
+                 else (None, None))
+        output = model.model(batch["images"], batch["intrinsics"], cam2map, *lidar)
+    prediction = model.model.decode(output, score_threshold, top_k)[0]
+    return MapVectorsView(list(prediction.lines.double().cpu().numpy()),
+                          prediction.labels.cpu().numpy().astype(np.int64),
+                          prediction.scores.float().cpu().numpy())
