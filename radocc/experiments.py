@@ -459,11 +459,15 @@ def run_map(out: Path, seeds: int = 3, data_root: str | None = None, overrides: 
         if missing:
             raise ValueError(f"occupancy_teachers: no occupancy teacher run {', '.join(missing)} "
                              f"(the multi-task student's RDC / RSC teachers, one per seed)")
-    # per seed: the map teacher, the multi-task student's occupancy teacher when it trains one
-    # here (None: the variant is that occupancy teacher), then the students
+    # In phases, so that a partial run already has every seed of the main comparison: the map
+    # teacher, baseline and MapDistill student of each seed; the loss ablation of each seed; the
+    # multi-task student of each seed after its occupancy teacher when it trains one here (None:
+    # the job is that occupancy teacher). A student's teacher is always trained before it.
     occupancy = "multitask" in variants and occupancy_teachers is None
-    jobs = [(seed, v) for seed in range(seeds)
-            for v in ["teacher", *([None] if occupancy else []), *variants[1:]]]
+    phases = [["teacher", "baseline", "mapdistill"], ["relation", "feature", "head"],
+              [*([None] if occupancy else []), "multitask"]]
+    jobs = [(seed, v) for phase in phases for seed in range(seeds) for v in phase
+            if v is None or v in variants]
     cache = out / "vector_cache"
     bar = tqdm(jobs, desc="map experiments", unit="run", dynamic_ncols=True)
     for seed, variant in bar:
