@@ -275,7 +275,6 @@ def run_demo(out: Path, seed: int = 0, data_root: str | None = None, overrides: 
     return payload
 
 
-
 # ----------------------------------------------------------------------------- vector map (MapDistill)
 # variant -> (config file in configs/synthetic/, --set overrides, label in the tables). The loss
 # ablation is the MapDistill student's config with the other two losses off (its weights otherwise).
