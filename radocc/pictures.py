@@ -398,7 +398,7 @@ def map_figure_layout(num_panels: int, image_size: tuple[int, int], num_cameras:
     cam_w = (width - 40) // 3
     cam_h = round(cam_w * image_size[0] / image_size[1])
     rows = -(-num_cameras // 3)
-    top = 40 + rows * (cam_h + 22) + 36
+    top = 40 + rows * (cam_h + 22) + 50  # three-line panel titles
     left0 = (width - num_panels * cell) // 2 + 55
     return {"size": (width, top + bev_h + 45 + 40), "camera": (cam_w, cam_h),
             "bev": [(left0 + i * cell, top, bev_w, bev_h) for i in range(num_panels)]}

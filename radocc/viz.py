@@ -19,7 +19,7 @@ COMMAND (on the sample read as the config's [data] reads it for validation):
     map          the input images and, over the 60 x 30 m BEV patch, the ground-truth, teacher,
                  baseline student and (MapDistill) student vectors (MapDistill's Fig. 4), for a
                  map config (task "map" or "multi") [--baseline-config CFG
-                 --baseline-checkpoint PATH] [--score-threshold T]
+                 --baseline-checkpoint PATH] [--score-threshold T] [--top-k K]
     (render, termination and affinity also draw the labels rendered as a model with
     --ground-truth: where the renders should stop, and what they should show)
 
@@ -312,6 +312,8 @@ def _cmd_map(args: argparse.Namespace, config: ExperimentConfig, batch: dict[str
         raise ValueError("--baseline-config and --baseline-checkpoint go together")
     if not 0.0 <= args.score_threshold <= 1.0:
         raise ValueError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
+    if args.top_k < 1:
+        raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
     *teacher, student = models if args.checkpoint else [*models, None]
     labelled = [(m, m.label) for m in teacher]
     if args.baseline_config:
@@ -324,9 +326,11 @@ def _cmd_map(args: argparse.Namespace, config: ExperimentConfig, batch: dict[str
     truth = ground_truth_vectors(batch)
     panels = [(f"ground truth\n{len(truth.labels)} vectors", truth.lines, truth.labels)]
     for model, label in labelled:
-        v = predict_vectors(model, batch, args.score_threshold)
+        v = predict_vectors(model, batch, args.score_threshold, args.top_k)
         order = np.argsort(v.scores, kind="stable")  # ascending: the surest drawn on top
-        panels.append((f"{label}\n{len(v.labels)} vectors, score \u2265 {args.score_threshold:.2f}",
+        shown = (f"top {len(v.labels)}" if len(v.labels) == args.top_k else f"{len(v.labels)} vectors")
+        low = f", lowest {v.scores.min():.2f}" if len(v.scores) else ""
+        panels.append((f"{label.replace(' (', chr(10) + '(', 1)}\n{shown}, score \u2265 {args.score_threshold:.2f}{low}",
                        [v.lines[i] for i in order], v.labels[order]))
     if len(panels) == 1:
         raise ValueError("map needs a model to draw: --checkpoint, a teacher, or --baseline-*")
@@ -410,6 +414,9 @@ def _parser() -> argparse.ArgumentParser:
             command.add_argument("--score-threshold", type=float, default=0.3,
                                  help="draw the predicted vectors scoring at least this (of "
                                       "MapTR's top 50; default 0.3)")
+            command.add_argument("--top-k", type=int, default=50,
+                                 help="draw at most the K highest-scoring vectors of each model "
+                                      "(default 50, MapTR's NMS-free top 50)")
     return parser
 
 

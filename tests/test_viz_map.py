@@ -137,6 +137,8 @@ def test_map_bad_arguments_are_named(runs, tmp_path, capsys):
     assert "--baseline-config and --baseline-checkpoint go together" in capsys.readouterr().err
     assert _viz(*_args(runs, "--score-threshold", "1.5", "--out", out)) == 2
     assert "--score-threshold must be in [0, 1]" in capsys.readouterr().err
+    assert _viz(*_args(runs, "--top-k", "0", "--out", out)) == 2
+    assert "--top-k must be >= 1" in capsys.readouterr().err
     assert _viz("map", "--config", runs["mapdistill.toml"], "--checkpoint", tmp_path / "none.pt",
                 "--out", out) == 2
     assert "does not exist" in capsys.readouterr().err
@@ -144,3 +146,21 @@ def test_map_bad_arguments_are_named(runs, tmp_path, capsys):
     assert _viz("map", "--config", occupancy, "--out", out) == 2
     assert "must be a map config" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_predict_vectors_top_k_and_threshold(runs):
+    from radocc.config import load_config
+    from radocc.viz_data import load_sample, load_viz_model, predict_vectors
+
+    model = load_viz_model(runs["teacher.toml"], runs["teacher.pt"], torch.device("cpu"))
+    batch = load_sample(load_config(runs["teacher.toml"]), "val", 0, vectors=True)
+    top = predict_vectors(model, batch, 0.0, top_k=3)
+    assert len(top.lines) == 3 and top.lines[0].shape == (20, 2) and len(top.labels) == 3
+    assert (np.diff(top.scores) <= 0).all()  # descending
+    every = predict_vectors(model, batch, 0.0)
+    assert len(every.labels) == 24  # top 50 capped at 8 queries x 3 classes
+    np.testing.assert_allclose(every.scores[:3], top.scores)
+    kept = predict_vectors(model, batch, float(every.scores[5]))
+    assert len(kept.labels) >= 6 and (kept.scores >= every.scores[5]).all()
+    for line in every.lines:  # metres inside the patch (the head's sigmoid points)
+        assert (np.abs(line[:, 0]) <= 15 + 1e-4).all() and (np.abs(line[:, 1]) <= 30 + 1e-4).all()
