@@ -4,7 +4,8 @@
     python -m radocc.experiments ablation [--seeds N] [--out outputs/ablation] [--data-root DIR]
                                           [--set k=v ...]
     python -m radocc.experiments map [--seeds N] [--out outputs/map] [--variants ...]
-                                     [--occupancy-teachers DIR] [--data-root DIR] [--set k=v ...]
+                                     [--occupancy-teachers DIR] [--report-only] [--data-root DIR]
+                                     [--set k=v ...]
 
 ``map`` is the vector-map branch (MapDistill): map teacher, baseline and MapDistill students, the
 loss ablation and the multi-task student (:data:`MAP_VARIANTS`, :func:`run_map`), scored by
@@ -405,28 +406,34 @@ def summarise_map(results: dict[str, list[dict[str, Any]]]) -> dict[str, dict[st
     return summary
 
 
+def _seeds(entry: dict[str, Any]) -> str:
+    return ", ".join(map(str, entry["seeds"])) or "none"
+
+
 def _map_tables(summary: dict[str, dict[str, Any]], seeds: int) -> list[str]:
     """The markdown tables of :func:`run_map`: the models, and the loss ablation."""
-    head = "| model | " + " | ".join(MAP_SUMMARY.values()) + " | mIoU (occupancy, %) | train (s) |"
-    table = [f"{seeds} seed(s), mean ± std over seeds; AP per class = mean over 0.5 / 1.0 / 1.5 m",
-             "", head, "|---" * (len(MAP_SUMMARY) + 3) + "|"]
+    head = ("| model | seeds | " + " | ".join(MAP_SUMMARY.values())
+            + " | mIoU (occupancy, %) | train (s) |")
+    table = [f"{seeds} seed(s), mean ± std over the seeds listed; AP per class = mean over "
+             f"0.5 / 1.0 / 1.5 m", "", head, "|---" * (len(MAP_SUMMARY) + 4) + "|"]
     for variant in ("teacher", "baseline", "mapdistill", "multitask"):
         if variant in summary:
             entry = summary[variant]
-            table.append(f"| {MAP_VARIANTS[variant][2]} | "
+            table.append(f"| {MAP_VARIANTS[variant][2]} | {_seeds(entry)} | "
                          + " | ".join(_fmt(entry[k], 2) for k in MAP_SUMMARY)
                          + f" | {_fmt(entry['mIoU'], 2)} | {_fmt(entry['train_s'], 0)} |")
     ablation = [v for v in MAP_ABLATION if v in summary]
     if ablation:
         table += ["", "Loss ablation (MapDistill student's model and budget; the released weights "
                       "of the losses used):", "",
-                  "| relation | feature | head | mAP (%) | divider AP | ped_crossing AP | boundary AP |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| relation | feature | head | seeds | mAP (%) | divider AP | ped_crossing AP "
+                  "| boundary AP |", "|---|---|---|---|---|---|---|---|"]
         for variant in ablation:
             used = MAP_ABLATION[variant]
             marks = " | ".join("✓" if loss in used else "" for loss in ("relation", "feature", "head"))
             entry = summary[variant]
-            table.append(f"| {marks} | " + " | ".join(_fmt(entry[k], 2) for k in MAP_SUMMARY) + " |")
+            table.append(f"| {marks} | {_seeds(entry)} | "
+                         + " | ".join(_fmt(entry[k], 2) for k in MAP_SUMMARY) + " |")
     if "teacher" in summary and "baseline" in summary and "mapdistill" in summary:
         mean = {v: summary[v]["mAP"]["mean"] for v in ("teacher", "baseline", "mapdistill")}
         ordered = mean["teacher"] > mean["mapdistill"] > mean["baseline"]
@@ -437,12 +444,14 @@ def _map_tables(summary: dict[str, dict[str, Any]], seeds: int) -> list[str]:
 
 def run_map(out: Path, seeds: int = 3, data_root: str | None = None, overrides: Sequence[str] = (),
             variants: Sequence[str] = tuple(MAP_VARIANTS), occupancy_teachers: Path | None = None,
-            command: str = "") -> dict[str, Any]:
+            command: str = "", report_only: bool = False) -> dict[str, Any]:
     """The vector-map experiments: every variant x ``seeds`` seeds (0..N-1), the map teacher first
     in each seed (and, for the multi-task student, the occupancy teacher: :func:`run_variant`'s
     ``teacher`` in ``<out>/seed<S>/occupancy_teacher``, or ``<occupancy_teachers>/seed<S>/teacher``
     when given, e.g. an ablation's folder). Runs are ``<out>/seed<S>/<variant>/``, resumable; writes
-    ``results.json`` / ``results.md`` in ``out`` and returns the results.json payload."""
+    ``results.json`` / ``results.md`` in ``out`` and returns the results.json payload.
+    ``report_only``: train nothing, tabulate the finished runs (those with ``eval.json``); the
+    tables say which seeds each row has."""
     if seeds < 1:
         raise ValueError(f"seeds: expected >= 1, got {seeds}")
     unknown = [v for v in variants if v not in MAP_VARIANTS]
@@ -468,10 +477,14 @@ def run_map(out: Path, seeds: int = 3, data_root: str | None = None, overrides: 
     jobs = [(seed, v) for phase in phases for seed in range(seeds) for v in phase
             if v is None or v in variants]
     cache = out / "vector_cache"
-    bar = tqdm(jobs, desc="map experiments", unit="run", dynamic_ncols=True)
+    bar = tqdm(jobs, desc="map experiments", unit="run", dynamic_ncols=True, disable=report_only)
     for seed, variant in bar:
         bar.set_postfix_str(f"seed {seed} {variant or 'occupancy teacher'}")
         folder = out / f"seed{seed}"
+        if report_only:
+            if variant is not None and (folder / variant / "eval.json").is_file():
+                results[variant].append(json.loads((folder / variant / "eval.json").read_text()))
+            continue
         occupancy_teacher = (occupancy_teachers / f"seed{seed}" / OCCUPANCY_TEACHER
                              if occupancy_teachers is not None else folder / "occupancy_teacher")
         if variant is None:
@@ -482,11 +495,23 @@ def run_map(out: Path, seeds: int = 3, data_root: str | None = None, overrides: 
                                                 occupancy_teacher_run=occupancy_teacher,
                                                 vector_cache=cache))
     summary = summarise_map(results)
-    payload = {"seeds": seeds, "overrides": list(overrides), "budget": list(MAP_BUDGET),
-               "teacher_budget": list(MAP_TEACHER_BUDGET), "summary": summary, "runs": results}
+    complete = all(len(runs) == seeds for runs in results.values())
+    # the compute of the runs themselves (training + evaluation), occupancy teachers included
+    evals = [out / f"seed{seed}" / name / "eval.json" for seed in range(seeds)
+             for name in ([*variants, "occupancy_teacher"] if occupancy else variants)]
+    runs_s = sum(float(r.get("train_s", 0.0)) + float(r.get("eval_s", 0.0))
+                 for r in (json.loads(f.read_text()) for f in evals if f.is_file()))
+    payload = {"seeds": seeds, "complete": complete, "overrides": list(overrides),
+               "budget": list(MAP_BUDGET), "teacher_budget": list(MAP_TEACHER_BUDGET),
+               "runs_s": runs_s, "summary": summary, "runs": results}
+    table = _map_tables(summary, seeds)
+    table += ["", f"Runs {'complete' if complete else 'NOT complete (partial: see the seeds column)'}; "
+                  f"training + evaluation of the runs, summed: {runs_s / 60:.1f} min; budget: students "
+                  f"{' '.join(MAP_BUDGET)}, map teacher {' '.join(MAP_TEACHER_BUDGET)} (16 train "
+                  f"samples, batch 1), occupancy teacher {' '.join(BUDGET)}."]
     out.mkdir(parents=True, exist_ok=True)
     _write(out, "MapDistill vector maps (synthetic nuScenes, MapTR Chamfer AP on val)",
-           _map_tables(summary, seeds), payload, command, time.perf_counter() - tic)
+           table, payload, command, time.perf_counter() - tic)
     return payload
 
 
@@ -515,6 +540,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                             help="reuse the occupancy teachers DIR/seed<S>/teacher (e.g. an "
                                  "ablation's --out) for the multi-task student instead of "
                                  "training them in <out>/seed<S>/occupancy_teacher")
+    vector_map.add_argument("--report-only", action="store_true",
+                            help="train nothing: tabulate the finished runs (partial results)")
     for p in (demo, ablation, vector_map):
         p.add_argument("--data-root", help="the synthetic dataset (default: the configs' data.root)")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -527,7 +554,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                pictures=not args.no_pictures, command=command)
         elif args.command == "map":
             payload = run_map(Path(args.out), args.seeds, args.data_root, args.set, args.variants,
-                              args.occupancy_teachers, command=command)
+                              args.occupancy_teachers, command=command,
+                              report_only=args.report_only)
         else:
             payload = run_ablation(Path(args.out), args.seeds, args.data_root, args.set,
                                    args.variants, command=command)

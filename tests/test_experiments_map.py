@@ -132,6 +132,24 @@ def test_map_experiment_is_resumable(experiment, data_root, monkeypatch):
     assert (experiment / "seed0" / "head" / "eval.json").is_file()
 
 
+def test_report_only_tabulates_finished_runs_without_training(experiment, data_root, tmp_path,
+                                                              monkeypatch):
+    import radocc.train
+    from radocc.experiments import main
+
+    monkeypatch.setattr(radocc.train, "main", lambda argv: pytest.fail(f"trained {argv}"))
+    out = tmp_path / "partial"
+    shutil.copytree(experiment, out)
+    (out / "seed0" / "head" / "eval.json").unlink()  # an unfinished run
+    assert main(_args(data_root, out, *VARIANTS) + ["--seeds", "2", "--report-only"]) == 0
+    payload = json.loads((out / "results.json").read_text())
+    assert payload["complete"] is False and payload["runs_s"] > 0
+    assert payload["summary"]["head"]["seeds"] == [] and payload["summary"]["baseline"]["seeds"] == [0]
+    table = (out / "results.md").read_text()
+    assert "NOT complete" in table and "| none |" in table and "| 0 |" in table
+    assert not (out / "seed1").exists()  # nothing was started for the missing seed
+
+
 def test_occupancy_teachers_of_another_experiment_are_reused(experiment, data_root, tmp_path):
     from radocc.experiments import main
 
