@@ -305,9 +305,6 @@ def _cmd_map(args: argparse.Namespace, config: ExperimentConfig, batch: dict[str
     from radocc.pictures import map_figure
     from radocc.viz_data import camera_names, ground_truth_vectors, load_viz_model, predict_vectors
 
-    if config.task not in ("map", "multi"):
-        raise ValueError(f"map draws vector maps: --config must be a map config (task 'map' or "
-                         f"'multi'), got task {config.task!r} ({args.config})")
     if bool(args.baseline_config) != bool(args.baseline_checkpoint):
         raise ValueError("--baseline-config and --baseline-checkpoint go together")
     if not 0.0 <= args.score_threshold <= 1.0:
@@ -437,6 +434,9 @@ def main(argv: list[str] | None = None) -> int:
             if getattr(args, "stride", 1) < 1:
                 raise ValueError(f"--stride must be >= 1, got {args.stride}")
             config = load_config(args.config, args.set)
+            if args.command == "map" and config.task not in ("map", "multi"):  # before any data
+                raise ValueError(f"map draws vector maps: --config must be a map config (task "
+                                 f"'map' or 'multi'), got task {config.task!r} ({args.config})")
             from radocc.pictures import save_figure
             from radocc.viz_data import load_models, load_sample
 
