@@ -81,6 +81,21 @@ def _metrics(result: dict[str, Any]) -> dict[str, float]:
             "AbsRel": value((result.get("depth") or {}).get("abs_rel"))}
 
 
+def _train(config_file: str, sets: Sequence[str], out: Path, what: str) -> float:
+    """Train (or resume from ``out/last.pt``) ``configs/synthetic/<config_file>`` with ``--set``
+    ``sets`` into ``out``; returns the seconds it took. Raises ExperimentError naming ``what``."""
+    from radocc.train import main as train_main
+
+    argv = [str(CONFIGS / config_file), "--out", str(out), "--no-progress"]
+    argv += [a for s in sets for a in ("--set", s)]
+    if (out / "last.pt").is_file():
+        argv += ["--resume", str(out / "last.pt")]
+    tic = time.perf_counter()
+    if train_main(argv) != 0:
+        raise ExperimentError(f"training {what} failed: python -m radocc.train " + shlex.join(argv))
+    return time.perf_counter() - tic
+
+
 def run_variant(variant: str, seed: int, out: Path, data_root: str | None = None,
                 overrides: Sequence[str] = (), teacher_run: Path | None = None) -> dict[str, Any]:
     """Train (or resume) and evaluate one variant with one seed in ``out``; returns its eval.json.
@@ -89,9 +104,7 @@ def run_variant(variant: str, seed: int, out: Path, data_root: str | None = None
     that distil. A run whose ``eval.json`` exists is returned as it is.
     """
     from radocc.config import load_config
-    from radocc.evaluate import _jsonable, evaluate_model, load_model
-    from radocc.train import build_dataset, build_loader
-    from radocc.train import main as train_main
+    from radocc.evaluate import _jsonable
 
     if variant not in VARIANTS:
         raise ValueError(f"variant: expected one of {', '.join(VARIANTS)}, got {variant!r}")
@@ -108,22 +121,9 @@ def run_variant(variant: str, seed: int, out: Path, data_root: str | None = None
             raise ValueError(f"teacher_run: variant {variant!r} distils from a teacher, none given")
         sets += [f'teacher.config="{teacher_run / "config.toml"}"',
                  f'teacher.checkpoint="{teacher_run / "last.pt"}"']
-    argv = [str(CONFIGS / config_file), "--out", str(out), "--no-progress"]
-    argv += [a for s in sets for a in ("--set", s)]
-    if (out / "last.pt").is_file():
-        argv += ["--resume", str(out / "last.pt")]
+    train_s = _train(config_file, sets, out, f"{variant} (seed {seed})")
     tic = time.perf_counter()
-    if train_main(argv) != 0:
-        raise ExperimentError(f"training {variant} (seed {seed}) failed: python -m radocc.train "
-                              + shlex.join(argv))
-    train_s = time.perf_counter() - tic
-    config = load_config(CONFIGS / config_file, sets)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    tic = time.perf_counter()
-    loader = build_loader(build_dataset(config, config.data.val_split, train=False, segments=False),
-                          config, 0, 1, train=False)
-    result = evaluate_model(load_model(config, out / "last.pt", device), loader, config, device,
-                            progress=False)
+    result = _evaluate_run(load_config(CONFIGS / config_file, sets), out / "last.pt")
     result = _jsonable(dict(result, variant=variant, seed=seed, checkpoint=str(out / "last.pt"),
                             train_s=train_s, eval_s=time.perf_counter() - tic))
     done.write_text(json.dumps(result, indent=2))
@@ -349,7 +349,6 @@ def run_map_variant(variant: str, seed: int, out: Path, data_root: str | None = 
     """
     from radocc.config import load_config
     from radocc.evaluate import _jsonable
-    from radocc.train import main as train_main
 
     if variant not in MAP_VARIANTS:
         raise ValueError(f"variant: expected one of {', '.join(MAP_VARIANTS)}, got {variant!r}")
@@ -373,15 +372,7 @@ def run_map_variant(variant: str, seed: int, out: Path, data_root: str | None = 
                 raise ValueError(f"{argument}: variant {variant!r} distils from a teacher, none given")
             sets += [f'{section}.config="{run / "config.toml"}"',
                      f'{section}.checkpoint="{run / "last.pt"}"']
-    argv = [str(CONFIGS / config_file), "--out", str(out), "--no-progress"]
-    argv += [a for s in sets for a in ("--set", s)]
-    if (out / "last.pt").is_file():
-        argv += ["--resume", str(out / "last.pt")]
-    tic = time.perf_counter()
-    if train_main(argv) != 0:
-        raise ExperimentError(f"training {variant} (seed {seed}) failed: python -m radocc.train "
-                              + shlex.join(argv))
-    train_s = time.perf_counter() - tic
+    train_s = _train(config_file, sets, out, f"{variant} (seed {seed})")
     tic = time.perf_counter()
     result = _evaluate_run(load_config(CONFIGS / config_file, sets), out / "last.pt")
     result = _jsonable(dict(result, variant=variant, seed=seed, checkpoint=str(out / "last.pt"),
