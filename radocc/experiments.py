@@ -81,9 +81,13 @@ def _metrics(result: dict[str, Any]) -> dict[str, float]:
             "AbsRel": value((result.get("depth") or {}).get("abs_rel"))}
 
 
-def _train(config_file: str, sets: Sequence[str], out: Path, what: str) -> float:
+def _train_and_evaluate(config_file: str, sets: Sequence[str], out: Path, variant: str,
+                        seed: int) -> dict[str, Any]:
     """Train (or resume from ``out/last.pt``) ``configs/synthetic/<config_file>`` with ``--set``
-    ``sets`` into ``out``; returns the seconds it took. Raises ExperimentError naming ``what``."""
+    ``sets`` into ``out``, evaluate its ``last.pt`` on val and write ``out/eval.json``; returns it.
+    Raises ExperimentError when training fails."""
+    from radocc.config import load_config
+    from radocc.evaluate import _jsonable
     from radocc.train import main as train_main
 
     argv = [str(CONFIGS / config_file), "--out", str(out), "--no-progress"]
@@ -92,8 +96,15 @@ def _train(config_file: str, sets: Sequence[str], out: Path, what: str) -> float
         argv += ["--resume", str(out / "last.pt")]
     tic = time.perf_counter()
     if train_main(argv) != 0:
-        raise ExperimentError(f"training {what} failed: python -m radocc.train " + shlex.join(argv))
-    return time.perf_counter() - tic
+        raise ExperimentError(f"training {variant} (seed {seed}) failed: python -m radocc.train "
+                              + shlex.join(argv))
+    train_s = time.perf_counter() - tic
+    tic = time.perf_counter()
+    result = _evaluate_run(load_config(CONFIGS / config_file, sets), out / "last.pt")
+    result = _jsonable(dict(result, variant=variant, seed=seed, checkpoint=str(out / "last.pt"),
+                            train_s=train_s, eval_s=time.perf_counter() - tic))
+    (out / "eval.json").write_text(json.dumps(result, indent=2))
+    return result
 
 
 def run_variant(variant: str, seed: int, out: Path, data_root: str | None = None,
@@ -104,7 +115,6 @@ def run_variant(variant: str, seed: int, out: Path, data_root: str | None = None
     that distil. A run whose ``eval.json`` exists is returned as it is.
     """
     from radocc.config import load_config
-    from radocc.evaluate import _jsonable
 
     if variant not in VARIANTS:
         raise ValueError(f"variant: expected one of {', '.join(VARIANTS)}, got {variant!r}")
@@ -121,13 +131,7 @@ def run_variant(variant: str, seed: int, out: Path, data_root: str | None = None
             raise ValueError(f"teacher_run: variant {variant!r} distils from a teacher, none given")
         sets += [f'teacher.config="{teacher_run / "config.toml"}"',
                  f'teacher.checkpoint="{teacher_run / "last.pt"}"']
-    train_s = _train(config_file, sets, out, f"{variant} (seed {seed})")
-    tic = time.perf_counter()
-    result = _evaluate_run(load_config(CONFIGS / config_file, sets), out / "last.pt")
-    result = _jsonable(dict(result, variant=variant, seed=seed, checkpoint=str(out / "last.pt"),
-                            train_s=train_s, eval_s=time.perf_counter() - tic))
-    done.write_text(json.dumps(result, indent=2))
-    return result
+    return _train_and_evaluate(config_file, sets, out, variant, seed)
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -348,7 +352,6 @@ def run_map_variant(variant: str, seed: int, out: Path, data_root: str | None = 
     RDC + RSC. ``vector_cache``: a folder for the vector ground truth shared by the runs.
     """
     from radocc.config import load_config
-    from radocc.evaluate import _jsonable
 
     if variant not in MAP_VARIANTS:
         raise ValueError(f"variant: expected one of {', '.join(MAP_VARIANTS)}, got {variant!r}")
@@ -372,13 +375,7 @@ def run_map_variant(variant: str, seed: int, out: Path, data_root: str | None = 
                 raise ValueError(f"{argument}: variant {variant!r} distils from a teacher, none given")
             sets += [f'{section}.config="{run / "config.toml"}"',
                      f'{section}.checkpoint="{run / "last.pt"}"']
-    train_s = _train(config_file, sets, out, f"{variant} (seed {seed})")
-    tic = time.perf_counter()
-    result = _evaluate_run(load_config(CONFIGS / config_file, sets), out / "last.pt")
-    result = _jsonable(dict(result, variant=variant, seed=seed, checkpoint=str(out / "last.pt"),
-                            train_s=train_s, eval_s=time.perf_counter() - tic))
-    done.write_text(json.dumps(result, indent=2))
-    return result
+    return _train_and_evaluate(config_file, sets, out, variant, seed)
 
 
 def summarise_map(results: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
