@@ -28,7 +28,7 @@ from radocc.models.gkt import GKTViewTransform
 from radocc.models.lidar import LidarEncoder
 from radocc.models.lss import LSSViewTransform
 from radocc.models.maptr_head import MapTRHead
-from radocc.models.occupancy import _check_shape
+from radocc.models.occupancy import check_camera_inputs, check_lidar_inputs
 
 __all__ = ["FEATURE_STRIDE", "MapOutput", "MapPrediction", "MapModel", "build_map_model"]
 
@@ -114,24 +114,14 @@ class MapModel(nn.Module):
         Returns:
             MapOutput.
         """
-        _check_shape("images", images, (None, None, 3, None, None), "[B, N, 3, H, W]")
-        if not images.is_floating_point():
-            raise TypeError(f"images must be float RGB in [0, 1], got dtype {images.dtype}")
-        batch, cams, _, height, width = images.shape
-        _check_shape("intrinsics", intrinsics, (batch, cams, 3, 3),
-                     f"[B, N, 3, 3] = [{batch}, {cams}, 3, 3]")
-        _check_shape("cam2map", cam2map, (batch, cams, 4, 4), f"[B, N, 4, 4] = [{batch}, {cams}, 4, 4]")
+        batch, cams, height, width = check_camera_inputs(images, intrinsics, cam2map, "cam2map")
         features = self.image_encoder(images.flatten(0, 1)).unflatten(0, (batch, cams))
         bev_a = self.gkt(features, intrinsics, cam2map, (height, width))
         bev_b = None
         if self.lss is not None:
             bev_b = self.lss(features, intrinsics, cam2map, (height, width))[0]
         elif self.lidar_encoder is not None:
-            if points is None or num_points is None:
-                raise ValueError("modality 'fusion' needs points [B, P, 5] (map frame) and "
-                                 "num_points [B]; got None")
-            _check_shape("points", points, (batch, None, 5), f"[B, P, 5] with B = {batch}")
-            _check_shape("num_points", num_points, (batch,), f"[B] = [{batch}]")
+            check_lidar_inputs(points, num_points, batch, " (map frame)")
             bev_b = self.lidar_encoder(points, num_points)
         if bev_b is None:
             bev, bev_a = bev_a, None

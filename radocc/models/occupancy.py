@@ -43,6 +43,30 @@ def _check_shape(name: str, tensor, expected: tuple, what: str) -> None:
         raise ValueError(f"{name} must be {what}, got shape {tuple(tensor.shape)}")
 
 
+def check_camera_inputs(images: Tensor, intrinsics: Tensor, cam2frame: Tensor,
+                        pose_name: str) -> tuple[int, int, int, int]:
+    """Checks a model's camera inputs (images [B, N, 3, H, W] float, intrinsics [B, N, 3, 3], the
+    camera poses ``pose_name`` [B, N, 4, 4]); returns (B, N, H, W). Raises ValueError / TypeError
+    naming the argument."""
+    _check_shape("images", images, (None, None, 3, None, None), "[B, N, 3, H, W]")
+    if not images.is_floating_point():
+        raise TypeError(f"images must be float RGB in [0, 1], got dtype {images.dtype}")
+    batch, cams, _, height, width = images.shape
+    _check_shape("intrinsics", intrinsics, (batch, cams, 3, 3), f"[B, N, 3, 3] = [{batch}, {cams}, 3, 3]")
+    _check_shape(pose_name, cam2frame, (batch, cams, 4, 4), f"[B, N, 4, 4] = [{batch}, {cams}, 4, 4]")
+    return batch, cams, height, width
+
+
+def check_lidar_inputs(points: Tensor | None, num_points: Tensor | None, batch: int,
+                       frame: str) -> None:
+    """Checks a fusion model's LiDAR inputs: points [B, P, 5] and num_points [B], both given.
+    ``frame``: the points' frame as said in the error (e.g. " (map frame)")."""
+    if points is None or num_points is None:
+        raise ValueError(f"modality 'fusion' needs points [B, P, 5]{frame} and num_points [B]; got None")
+    _check_shape("points", points, (batch, None, 5), f"[B, P, 5] with B = {batch}")
+    _check_shape("num_points", num_points, (batch,), f"[B] = [{batch}]")
+
+
 class OccupancyModel(nn.Module):
     """Camera-only (``modality="camera"``) or camera + LiDAR (``"fusion"``) occupancy model."""
 
@@ -82,20 +106,11 @@ class OccupancyModel(nn.Module):
         Returns:
             ModelOutput(logits [B, X, Y, Z, K], bev [B, C_bev, Y, X], depth [B, N, D, h, w]).
         """
-        _check_shape("images", images, (None, None, 3, None, None), "[B, N, 3, H, W]")
-        if not images.is_floating_point():
-            raise TypeError(f"images must be float RGB in [0, 1], got dtype {images.dtype}")
-        batch, cams, _, height, width = images.shape
-        _check_shape("intrinsics", intrinsics, (batch, cams, 3, 3), f"[B, N, 3, 3] = [{batch}, {cams}, 3, 3]")
-        _check_shape("cam2ego", cam2ego, (batch, cams, 4, 4), f"[B, N, 4, 4] = [{batch}, {cams}, 4, 4]")
+        batch, cams, height, width = check_camera_inputs(images, intrinsics, cam2ego, "cam2ego")
         features = self.image_encoder(images.flatten(0, 1)).unflatten(0, (batch, cams))
         bev, depth = self.view_transform(features, intrinsics, cam2ego, (height, width))
         if self.lidar_encoder is not None:
-            if points is None or num_points is None:
-                raise ValueError("modality 'fusion' needs points [B, P, 5] and num_points [B]; "
-                                 "got None")
-            _check_shape("points", points, (batch, None, 5), f"[B, P, 5] with B = {batch}")
-            _check_shape("num_points", num_points, (batch,), f"[B] = [{batch}]")
+            check_lidar_inputs(points, num_points, batch, "")
             bev = self.fuser(bev, self.lidar_encoder(points, num_points))
         bev = self.bev_encoder(bev)
         return ModelOutput(self.head(bev), bev, depth)
