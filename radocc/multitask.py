@@ -18,14 +18,13 @@ that shared BEV. Only the map head is added; ``map_model`` gives its sizes, ``pc
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from radocc.models import MapModel, MapModelConfig, MapOutput, MapPrediction, MapTRHead, ModelConfig
+from radocc.models import MapModelConfig, MapOutput, MapPrediction, MapTRHead, ModelConfig
 from radocc.models import ModelOutput, OccupancyModel
+from radocc.models.map_model import decode_vectors
 
 __all__ = ["MultiTaskModel", "ego_bev_to_map"]
 
@@ -95,6 +94,6 @@ class MultiTaskModel(nn.Module):
     @torch.no_grad()
     def decode(self, output: MapOutput, score_threshold: float = 0.0,
                top_k: int = 50) -> list[MapPrediction]:
-        """:meth:`radocc.models.MapModel.decode` (top-k over queries x classes, metres) for this
-        model's map output; that decoder reads only ``config.pc_range``."""
-        return MapModel.decode(SimpleNamespace(config=self.map_config), output, score_threshold, top_k)
+        """:func:`radocc.models.map_model.decode_vectors` (top-k over queries x classes, metres) of
+        this model's map output in its map grid."""
+        return decode_vectors(output, self.map_config.pc_range, score_threshold, top_k)

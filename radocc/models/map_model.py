@@ -30,7 +30,7 @@ from radocc.models.lss import LSSViewTransform
 from radocc.models.maptr_head import MapTRHead
 from radocc.models.occupancy import check_camera_inputs, check_lidar_inputs
 
-__all__ = ["FEATURE_STRIDE", "MapOutput", "MapPrediction", "MapModel", "build_map_model"]
+__all__ = ["FEATURE_STRIDE", "MapOutput", "MapPrediction", "MapModel", "build_map_model", "decode_vectors"]
 
 FEATURE_STRIDE = 16
 """Image pixels per feature pixel of :class:`~radocc.models.camera.ImageEncoder` (layer3)."""
@@ -133,29 +133,36 @@ class MapModel(nn.Module):
     @torch.no_grad()
     def decode(self, output: MapOutput, score_threshold: float = 0.0,
                top_k: int = 50) -> list[MapPrediction]:
-        """The last decoder layer's predictions per sample, as MapTR's NMS-free coder: sigmoid
-        scores, the top_k over all N * K (query, class) pairs, points in metres, then the pairs
-        scoring below score_threshold dropped.
+        """:func:`decode_vectors` of this model's output in its ``config.pc_range``."""
+        return decode_vectors(output, self.config.pc_range, score_threshold, top_k)
 
-        Args:
-            output: a :class:`MapOutput` of this model.
-            score_threshold: keep scores >= this.
-            top_k: at most this many per sample (MapTR: 50); capped at N * K.
-        Returns:
-            One :class:`MapPrediction` per sample (lines [M, P, 2] metres, scores [M], labels [M]).
-        """
-        if not (isinstance(top_k, int) and top_k >= 1):
-            raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
-        logits, points = output.cls_logits[-1], output.points[-1]       # [B, N, K], [B, N, P, 2]
-        num_classes = logits.shape[-1]
-        scores, flat = logits.sigmoid().flatten(1).topk(min(top_k, logits.shape[1] * num_classes), dim=1)
-        labels, queries = flat % num_classes, flat // num_classes
-        lines = denormalize_points(
-            torch.gather(points, 1, queries[..., None, None].expand(-1, -1, *points.shape[2:])),
-            self.config.pc_range)
-        keep = scores >= score_threshold
-        return [MapPrediction(lines[b][keep[b]], scores[b][keep[b]], labels[b][keep[b]])
-                for b in range(scores.shape[0])]
+
+def decode_vectors(output: MapOutput, pc_range: tuple[float, float, float, float],
+                   score_threshold: float = 0.0, top_k: int = 50) -> list[MapPrediction]:
+    """The last decoder layer's predictions per sample, as MapTR's NMS-free coder: sigmoid
+    scores, the top_k over all N * K (query, class) pairs, points in metres, then the pairs
+    scoring below score_threshold dropped.
+
+    Args:
+        output: a :class:`MapOutput` (its cls_logits and points).
+        pc_range: (x_min, y_min, x_max, y_max) metres of the normalised points.
+        score_threshold: keep scores >= this.
+        top_k: at most this many per sample (MapTR: 50); capped at N * K.
+    Returns:
+        One :class:`MapPrediction` per sample (lines [M, P, 2] metres, scores [M], labels [M]).
+    """
+    if not (isinstance(top_k, int) and top_k >= 1):
+        raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
+    logits, points = output.cls_logits[-1], output.points[-1]       # [B, N, K], [B, N, P, 2]
+    num_classes = logits.shape[-1]
+    scores, flat = logits.sigmoid().flatten(1).topk(min(top_k, logits.shape[1] * num_classes), dim=1)
+    labels, queries = flat % num_classes, flat // num_classes
+    lines = denormalize_points(
+        torch.gather(points, 1, queries[..., None, None].expand(-1, -1, *points.shape[2:])),
+        pc_range)
+    keep = scores >= score_threshold
+    return [MapPrediction(lines[b][keep[b]], scores[b][keep[b]], labels[b][keep[b]])
+            for b in range(scores.shape[0])]
 
 
 def build_map_model(config: MapModelConfig) -> MapModel:
