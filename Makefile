@@ -18,6 +18,19 @@ $(VENV)/.torch-installed:
 
 $(INSTALLED): $(VENV)/.torch-installed setup.py pyproject.toml $(wildcard csrc/*)
 	$(PIP) install -e ".[dev,lidar,export]" --no-build-isolation
+	rm -f $(CPU_INSTALLED)
+	touch $@
+
+# `make demo` on a machine without a GPU builds the CPU kernels only: compiling the CUDA kernels
+# takes minutes on 2 cores and nothing there would run them. A later `make install` / `make test`
+# adds them (ninja compiles only the CUDA objects); a full build is never replaced by a CPU one.
+CPU_INSTALLED := $(VENV)/.radocc-installed-cpu
+HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
+DEMO_INSTALLED := $(if $(or $(HAS_GPU),$(wildcard $(INSTALLED))),$(INSTALLED),$(CPU_INSTALLED))
+
+$(CPU_INSTALLED): $(VENV)/.torch-installed setup.py pyproject.toml $(wildcard csrc/*)
+	RADOCC_NO_CUDA=1 $(PIP) install -e ".[dev,lidar,export]" --no-build-isolation
+	rm -f $(INSTALLED)
 	touch $@
 
 install: $(INSTALLED)
@@ -43,7 +56,7 @@ SEGMENTER := --fallback felzenszwalb
 SEGMENTER_SAYS := felzenszwalb fallback (no SAM_CHECKPOINT given)
 endif
 
-demo: install
+demo: $(DEMO_INSTALLED)
 	rm -rf outputs/demo
 	$(PY) -m radocc.data.synthetic --out outputs/synthetic --overwrite --quiet
 	@echo "segments: $(SEGMENTER_SAYS)"
@@ -76,4 +89,4 @@ gpu-check: $(VENV)/.torch-installed
 	$(PY) -m radocc.gpu_check --out outputs/gpu-check
 
 clean:
-	rm -rf build radocc/_C*.so radocc/_build_info.json $(INSTALLED)
+	rm -rf build radocc/_C*.so radocc/_build_info.json $(INSTALLED) $(CPU_INSTALLED)
