@@ -7,6 +7,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 INSTALLED := $(VENV)/.radocc-installed
+INSTALL_RADOCC := $(PIP) install -e ".[dev,lidar,export]" --no-build-isolation
 
 .PHONY: install test test-all demo ablation bench sdist-check gpu-check clean
 
@@ -17,7 +18,7 @@ $(VENV)/.torch-installed:
 	touch $@
 
 $(INSTALLED): $(VENV)/.torch-installed setup.py pyproject.toml $(wildcard csrc/*)
-	$(PIP) install -e ".[dev,lidar,export]" --no-build-isolation
+	$(INSTALL_RADOCC)
 	rm -f $(CPU_INSTALLED)
 	touch $@
 
@@ -29,7 +30,7 @@ HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
 DEMO_INSTALLED := $(if $(or $(HAS_GPU),$(wildcard $(INSTALLED))),$(INSTALLED),$(CPU_INSTALLED))
 
 $(CPU_INSTALLED): $(VENV)/.torch-installed setup.py pyproject.toml $(wildcard csrc/*)
-	RADOCC_NO_CUDA=1 $(PIP) install -e ".[dev,lidar,export]" --no-build-isolation
+	RADOCC_NO_CUDA=1 $(INSTALL_RADOCC)
 	rm -f $(INSTALLED)
 	touch $@
 
