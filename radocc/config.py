@@ -125,6 +125,11 @@ class RenderSection:
     """Termination bins for RDC: start, stop, step, metres (plus the never-terminated bin)."""
     chunk_rays: int = 0
     """Render at most this many rays per call (0 = all at once): bounds peak memory."""
+    calibrated: bool = True
+    """Render logits - log(loss.class_weights) instead of the logits (radocc.train.render_logits),
+    in training (teacher and student, each with its own config's weights), evaluation and
+    pictures; no effect without class weights. Class-weighted CE inflates every uncertain voxel's
+    occupied classes by their weights: rendered raw, such voxels turn opaque near the camera."""
 
 
 @dataclass

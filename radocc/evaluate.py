@@ -66,7 +66,7 @@ def evaluate_model(model: OccupancyModel, loader, config: ExperimentConfig, devi
     Returns ``{"mIoU", "IoU", "mIoU_no_mask", "IoU_no_mask", "RayIoU", "RayIoU@1", ...,
     "depth": {...}, "num_samples", "protocols": {...}}``; mIoU values are percent.
     """
-    from radocc.train import build_render_loss, to_device
+    from radocc.train import build_render_loss, render_logits, to_device
 
     model.eval()
     miou, miou_all = OccupancyMIoU(), OccupancyMIoU(use_camera_mask=False)
@@ -94,8 +94,8 @@ def evaluate_model(model: OccupancyModel, loader, config: ExperimentConfig, devi
                                     semantics=pred[b].to(torch.uint8).cpu().numpy())
         ray_origins, directions, _ = renderer.rays(batch["intrinsics"], batch["cam2ego"],
                                                    pixels=batch["ray_pixels"])
-        rendered = renderer.render(logits, ray_origins, directions, termination=False,
-                                   features=False)
+        rendered = renderer.render(render_logits(logits, config), ray_origins, directions,
+                                   termination=False, features=False)
         valid = (batch["ray_valid"] & (batch["ray_depth"] > 0)).flatten(1)
         depth.update(rendered.depth[valid], batch["ray_depth"].flatten(1)[valid])
         count += len(batch["sample_token"])

@@ -50,7 +50,7 @@ from radocc.data.targets import RayChoice, camera_depth_image, lss_depth_targets
 from radocc.models import ModelOutput, OccupancyModel, build_model
 
 __all__ = ["Trainer", "TrainingError", "RenderTargetSet", "EMA", "build_dataset", "build_loader",
-           "build_render_loss", "load_teacher", "param_groups", "to_device", "trainer_class", "main"]
+           "build_render_loss", "render_logits", "load_teacher", "param_groups", "to_device", "trainer_class", "main"]
 
 
 class TrainingError(RuntimeError):
@@ -171,6 +171,22 @@ def build_render_loss(config: ExperimentConfig):
                              rays_per_image=r.rays_per_image, stride=r.stride,
                              num_classes=m.num_classes, free_index=m.num_classes - 1,
                              chunk_rays=r.chunk_rays)
+
+
+def render_logits(logits: Tensor, config: ExperimentConfig) -> Tensor:
+    """The voxel logits [..., K] that get rendered for a model trained with ``config``.
+
+    With ``render.calibrated`` and ``loss.class_weights`` w: logits - log w. Class-weighted CE's
+    optimum is p(c) proportional to w_c * p_true(c), so every uncertain voxel's occupied classes
+    are inflated by their weights (27-35x in the synthetic configs) and, rendered as they are, turn
+    opaque: the rays stop within metres of the camera (measured on the synthetic teacher: depth
+    delta1 2 %, 60 % calibrated). Only what is rendered changes, not the model's predictions
+    (the argmax of its raw logits).
+    """
+    weights = config.loss.class_weights
+    if not (config.render.calibrated and weights):
+        return logits
+    return logits - torch.tensor(weights, dtype=logits.dtype, device=logits.device).log()
 
 
 # ----------------------------------------------------------------------------- models
@@ -304,6 +320,10 @@ class Trainer:
         self.render_loss = build_render_loss(config).to(self.device) if config.task != "map" else None
         self.class_weights = (torch.tensor(config.loss.class_weights, device=self.device)
                               if config.loss.class_weights else None)
+        # whose class weights calibrate the teacher's renders: its own config's; a teacher handed
+        # over ready-made is taken to share the student's
+        self.teacher_config = (load_config(config.teacher.config)
+                               if config.distills and teacher is None else config)
         self.epoch, self.iteration, self.best_metric = 0, 0, -math.inf
         self.writer = None
         self.timings: dict[str, float] | None = None
@@ -381,7 +401,8 @@ class Trainer:
         terms: dict[str, Tensor] = {}
         if teacher is not None and (w.rdc > 0 or w.rsc > 0):
             rendered = self.render_loss(
-                student.logits, teacher.logits, batch["intrinsics"], batch["cam2ego"],
+                render_logits(student.logits, c), render_logits(teacher.logits, self.teacher_config),
+                batch["intrinsics"], batch["cam2ego"],
                 pixels=batch["ray_pixels"], valid=batch["ray_valid"],
                 ray_segments=batch.get("ray_segments") if w.rsc_mode == "affinity" else None,
                 timer=self._phase)
@@ -558,10 +579,11 @@ class Trainer:
         origins, directions = camera_rays(batch["intrinsics"][:1, :1].float(), batch["cam2ego"][:1, :1].float(),
                                           (height, width), stride)
         rows = []
-        for out in (student, teacher):
+        for out, config in ((student, self.config), (teacher, self.teacher_config)):
             if out is None:
                 continue
-            r = self.render_loss.render(out.logits[:1], origins, directions, termination=False)
+            r = self.render_loss.render(render_logits(out.logits[:1], config), origins, directions,
+                                        termination=False)
             shape = (height // stride, width // stride)
             depth = colorize_depth(r.depth[0].view(shape))
             labels = colorize_labels(r.features[0].argmax(-1).view(shape), shade=r.opacity[0].view(shape))

@@ -227,10 +227,11 @@ def _cmd_occupancy(args: argparse.Namespace, config: ExperimentConfig, batch: di
 def _sources(args: argparse.Namespace, config: ExperimentConfig, batch: dict[str, Any],
              models: list[VizModel]) -> list[tuple[str, torch.Tensor]]:
     """(label, voxel logits [1, X, Y, Z, K]) to render: the labels first with --ground-truth,
-    then each model's prediction."""
+    then each model's prediction (calibrated as its config says, radocc.train.render_logits)."""
+    from radocc.train import render_logits
     from radocc.viz_data import ground_truth_logits, predict
 
-    sources = [(m.label, predict(m, batch)) for m in models]
+    sources = [(m.label, render_logits(predict(m, batch), m.config)) for m in models]
     if args.ground_truth:
         device = sources[0][1].device if sources else torch.device(args.device)
         labels = ground_truth_logits(batch["semantics"], config.model.num_classes).to(device)

@@ -141,6 +141,30 @@ def test_teacher_gets_no_gradient_and_stays_frozen(data_root, teacher_run, tmp_p
         assert torch.equal(value, before[key]), key  # BN statistics untouched too
 
 
+@pytest.mark.parametrize("calibrated", [True, False])
+def test_renders_calibrated_logits_of_each_model(calibrated, data_root, teacher_run, tmp_path):
+    """render.calibrated: the student's logits minus log of its class weights are rendered, the
+    teacher's (its config has none) as they are; off: both raw."""
+    from radocc.config import load_config
+    from radocc.train import Trainer
+
+    weights = [float(2 + k) for k in range(18)]
+    path = write_config(tmp_path / "s.toml", data_root, role="student", teacher=teacher_run,
+                        loss=f"rdc = 100.0\nrsc = 0.0\nclass_weights = {weights}")
+    config = load_config(path, [f"render.calibrated={str(calibrated).lower()}"])
+    trainer = Trainer(config, tmp_path / "run", progress=False)
+    seen: dict[str, torch.Tensor] = {}
+    for name, module in (("student", trainer.model), ("teacher", trainer.teacher)):
+        module.register_forward_hook(lambda m, i, out, name=name: seen.__setitem__(name, out.logits))
+    trainer.render_loss.register_forward_pre_hook(
+        lambda m, args: seen.update(s_in=args[0].detach(), t_in=args[1].detach()))
+    trainer.train_set.set_epoch(0)
+    trainer.step(next(iter(trainer.train_loader)))
+    offset = torch.tensor(weights).log() if calibrated else torch.zeros(18)
+    torch.testing.assert_close(seen["s_in"], seen["student"].detach().float() - offset)
+    torch.testing.assert_close(seen["t_in"], seen["teacher"].float())
+
+
 def test_resume_matches_uninterrupted_run(data_root, tmp_path):
     from radocc.checkpoint import load_checkpoint
 
