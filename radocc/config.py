@@ -101,6 +101,9 @@ class LossSection:
     rsc: float = LOSS_WEIGHTS["rsc"]
     rsc_mode: str = "affinity"
     """"affinity" (the paper: segment affinity matrices) or "kl" (the authors' code: per-ray KL)."""
+    rsc_depth_agreement: float = 0.0
+    """0 (the paper): RSC on every ray; > 0: only on rays whose student and teacher rendered
+    depths agree within this fraction of the teacher's (radocc.distill.RenderDistillLoss)."""
     feature_alignment: float = LOSS_WEIGHTS["feature_alignment"]
     """Baseline: MSE between student and teacher BEV features (through a 1x1 adapter)."""
     logit_alignment: float = LOSS_WEIGHTS["logit_alignment"]

@@ -205,6 +205,9 @@ class RenderDistillLoss(nn.Module):
         free_index: the free class of the logits (-1: last, Occ3D's 17).
         near, far: metres along the rays (far None: until they leave the grid).
         chunk_rays: render at most this many rays per call (0 = all): bounds peak memory.
+        rsc_depth_agreement: 0 (the paper): RSC compares every ray. > 0: only the rays whose
+            rendered depths agree, |d_student - d_teacher| <= this fraction of d_teacher, so
+            that both models' semantics come from the same place along the ray (not in RadOcc).
     """
 
     edges: Tensor
@@ -216,7 +219,8 @@ class RenderDistillLoss(nn.Module):
                  rdc_weight: float = LOSS_WEIGHTS["rdc"], rsc_weight: float = LOSS_WEIGHTS["rsc"],
                  rsc_mode: str = "affinity", rays_per_image: int = 1024, stride: int = 4,
                  num_classes: int | None = None, free_index: int = -1,
-                 near: float = 0.0, far: float | None = None, chunk_rays: int = 0) -> None:
+                 near: float = 0.0, far: float | None = None, chunk_rays: int = 0,
+                 rsc_depth_agreement: float = 0.0) -> None:
         super().__init__()
         if grid is None:
             grid = VoxelGrid.occ3d()
@@ -258,6 +262,11 @@ class RenderDistillLoss(nn.Module):
                              f"got {step!r}")
         if not (isinstance(chunk_rays, int) and chunk_rays >= 0):
             raise ValueError(f"chunk_rays must be an integer >= 0, got {chunk_rays!r}")
+        if (not isinstance(rsc_depth_agreement, (int, float)) or isinstance(rsc_depth_agreement, bool)
+                or not rsc_depth_agreement >= 0):
+            raise ValueError(f"rsc_depth_agreement must be a number >= 0 (0 = off), got "
+                             f"{rsc_depth_agreement!r}")
+        self.rsc_depth_agreement = float(rsc_depth_agreement)
         self.step = None if step is None else float(step)
         self.rdc_weight, self.rsc_weight, self.rsc_mode = float(rdc_weight), float(rsc_weight), rsc_mode
         self.rays_per_image, self.stride, self.chunk_rays = rays_per_image, stride, chunk_rays
@@ -267,7 +276,8 @@ class RenderDistillLoss(nn.Module):
     def extra_repr(self) -> str:
         return (f"grid={self.grid}, bins={self.edges.numel() - 1}, step={self.step}, "
                 f"rdc_weight={self.rdc_weight}, rsc_weight={self.rsc_weight}, "
-                f"rsc_mode={self.rsc_mode!r}, rays_per_image={self.rays_per_image}, "
+                f"rsc_mode={self.rsc_mode!r}, rsc_depth_agreement={self.rsc_depth_agreement}, "
+                f"rays_per_image={self.rays_per_image}, "
                 f"stride={self.stride}")
 
     # ------------------------------------------------------------------ parts
@@ -447,8 +457,14 @@ class RenderDistillLoss(nn.Module):
                                              bin_reduction="mean")
                 loss = loss + self.rdc_weight * out["rdc"]
             if rsc_on:
+                rsc_valid = ray_valid
+                if self.rsc_depth_agreement > 0:
+                    agree = ((s_render.depth.detach() - t_render.depth).abs()
+                             <= self.rsc_depth_agreement * t_render.depth)
+                    rsc_valid = agree if ray_valid is None else agree & ray_valid
                 out["rsc"] = losses.rsc_loss(s_render.features, t_render.features,
-                                             ids if affinity else None, mode=self.rsc_mode)
+                                             ids if affinity else None, mode=self.rsc_mode,
+                                             valid=rsc_valid)
                 loss = loss + self.rsc_weight * out["rsc"]
         out.update(loss=loss, student=s_render, teacher=t_render, pixels=pixels, valid=ray_valid,
                    segments=ids)

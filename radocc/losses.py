@@ -373,7 +373,7 @@ def _affinity_loss(student: Tensor, teacher: Tensor, segment_ids: Tensor) -> Ten
 
 def rsc_loss(student_features: Tensor, teacher_features: Tensor,
              segment_ids: Tensor | None = None, mode: str = "affinity",
-             eps: float = 1e-6) -> Tensor:
+             eps: float = 1e-6, valid: Tensor | None = None) -> Tensor:
     """Rendered Semantic Consistency between teacher and student rendered semantics.
 
     ``mode="affinity"`` (the paper): in each batch item, the rays' features are averaged inside
@@ -397,6 +397,8 @@ def rsc_loss(student_features: Tensor, teacher_features: Tensor,
             Required for "affinity".
         mode: "affinity" or "kl".
         eps: "kl" only: floor of the row sums and of the probabilities inside the logarithms.
+        valid: [B, R] bool, the rays that count (None: all); "affinity" leaves the others out
+            of the segment means, "kl" out of the mean over rays.
     Returns:
         Scalar float32 loss.
     """
@@ -413,18 +415,21 @@ def rsc_loss(student_features: Tensor, teacher_features: Tensor,
         segment_ids = _int_tensor(segment_ids, "segment_ids", tuple(student.shape[:2]), "[B, R]")
     elif mode == "affinity":
         raise ValueError("segment_ids [B, R] is required for mode='affinity'")
+    valid = _bool_mask(valid, "valid", tuple(student.shape[:2]), "[B, R]")
     _same_device((student, "student_features"), (teacher, "teacher_features"),
-                 (segment_ids, "segment_ids"))
+                 (segment_ids, "segment_ids"), (valid, "valid"))
     eps = _positive(eps, "eps")
     with _autocast_off():
         student, teacher = _acc(student), _acc(teacher.detach())
         if mode == "kl":
             def normalise(x: Tensor) -> Tensor:
                 return x / x.sum(-1, keepdim=True).clamp_min(eps)
-            return _masked_mean(_kl_rows(normalise(teacher), normalise(student), eps), None)
+            return _masked_mean(_kl_rows(normalise(teacher), normalise(student), eps), valid)
         if segment_ids.numel() and bool((segment_ids < 0).any()):
             raise ValueError(f"segment_ids must be >= 0 (0 = no segment), got minimum "
                              f"{int(segment_ids.min())}")
+        if valid is not None:
+            segment_ids = torch.where(valid, segment_ids, torch.zeros_like(segment_ids))
         return _affinity_loss(student, teacher, segment_ids)
 
 

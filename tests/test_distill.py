@@ -79,7 +79,8 @@ def test_losses_equal_radocc_losses_on_the_same_renders(mode):
     ids = torch.where((ids > 0) & valid, ids + torch.tensor([0, SEGMENT_OFFSET])[:, None], 0)
     rdc = losses.rdc_loss(renders[0].termination, renders[1].termination, valid.flatten(1),
                           bin_reduction="mean")  # the authors' scale, which the weight 100 is for
-    rsc = losses.rsc_loss(renders[0].features, renders[1].features, ids.flatten(1), mode=mode)
+    rsc = losses.rsc_loss(renders[0].features, renders[1].features, ids.flatten(1), mode=mode,
+                          valid=valid.flatten(1))
     for name, mine, theirs in (("student", out["student"], renders[0]),
                                ("teacher", out["teacher"], renders[1])):
         for field in ("depth", "opacity", "features", "termination"):
@@ -132,6 +133,28 @@ def test_chunked_render_equals_whole():
     chunked = make(rsc_mode="kl", chunk_rays=7)(student, teacher, intrinsics, cam2ego, pixels=pixels)
     torch.testing.assert_close(whole["loss"], chunked["loss"])
     torch.testing.assert_close(whole["student"].termination, chunked["student"].termination)
+
+
+@pytest.mark.parametrize("mode", ["affinity", "kl"])
+def test_rsc_depth_agreement_keeps_the_rays_whose_depths_agree(mode):
+    intrinsics, cam2ego = cameras()
+    pixels = random_pixels(2, 2, 40)
+    valid = torch.ones(2, 2, 40, dtype=torch.bool)
+    valid[1, 0, 35:] = False
+    student, teacher = logits(seed=0, requires_grad=True), logits(seed=1)
+    args = (student, teacher, intrinsics, cam2ego, IMAGE)
+    kwargs = dict(pixels=pixels, valid=valid, segments=block_segments(2, 2))
+    out = make(rsc_mode=mode, rsc_depth_agreement=0.2)(*args, **kwargs)
+    s, t = out["student"], out["teacher"]
+    agree = (s.depth.detach() - t.depth).abs() <= 0.2 * t.depth
+    assert 0 < int(agree.sum()) < agree.numel()  # the gate keeps some rays, not all
+    expected = losses.rsc_loss(s.features, t.features, out["segments"], mode=mode,
+                               valid=agree & valid.flatten(1))
+    torch.testing.assert_close(out["rsc"], expected)
+    # a gate that every ray passes is no gate
+    wide = make(rsc_mode=mode, rsc_depth_agreement=1e9)(*args, **kwargs)
+    torch.testing.assert_close(wide["rsc"], make(rsc_mode=mode)(*args, **kwargs)["rsc"])
+    assert not torch.allclose(out["rsc"], wide["rsc"])
 
 
 def test_bin_edges():
@@ -311,6 +334,7 @@ def test_bad_input_names_the_argument(change, match):
     (dict(stride=0), "stride"),
     (dict(step=0.0), "step"),
     (dict(num_classes=K, free_index=K), "free_index"),
+    (dict(rsc_depth_agreement=-0.1), "rsc_depth_agreement"),
 ])
 def test_bad_construction(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -235,6 +235,25 @@ def test_rsc_kl_gradients_and_detached_teacher():
     assert teacher.grad is None and student.grad.abs().sum() > 0
 
 
+def test_rsc_valid_leaves_rays_out():
+    g = _gen(14)
+    s, t = torch.rand(2, 8, 4, generator=g) + 0.1, torch.rand(2, 8, 4, generator=g) + 0.1
+    ids = torch.randint(1, 4, (2, 8), generator=g)
+    valid = torch.rand(2, 8, generator=g) > 0.3
+    # kl: the mean over the valid rays only
+    kl_all = rsc_loss(s, t, mode="kl")
+    per_ray = [rsc_loss(s[b:b + 1, r:r + 1], t[b:b + 1, r:r + 1], mode="kl")
+               for b in range(2) for r in range(8) if valid[b, r]]
+    kl_valid = rsc_loss(s, t, mode="kl", valid=valid)
+    assert torch.allclose(kl_valid, torch.stack(per_ray).mean(), rtol=1e-5)
+    assert not torch.allclose(kl_valid, kl_all)
+    # affinity: invalid rays are out of their segments' means, as if their id were 0
+    expected = rsc_loss(s, t, torch.where(valid, ids, 0))
+    assert torch.allclose(rsc_loss(s, t, ids, valid=valid), expected)
+    with pytest.raises(ValueError, match="valid"):
+        rsc_loss(s, t, ids, valid=valid[:, :4])
+
+
 def test_rsc_errors():
     f = torch.rand(1, 4, 3)
     ids = torch.tensor([[1, 2, 0, 1]])
