@@ -259,11 +259,13 @@ def _cmd_render(args: argparse.Namespace, config: ExperimentConfig, batch: dict[
 def _cmd_termination(args: argparse.Namespace, config: ExperimentConfig, batch: dict[str, Any],
                      models: list[VizModel]) -> Figure:
     from radocc.pictures import termination_figure
-    from radocc.viz_data import camera_index, camera_names, lidar_depth_at, ray_termination
+    from radocc.viz_data import (camera_index, camera_names, lidar_depth_at, lidar_pixel_near,
+                                 ray_termination)
 
     camera = camera_index(batch, args.camera)
     height, width = batch["images"].shape[-2:]
-    pixel = tuple(args.pixel) if args.pixel else ((width - 1) / 2, (height - 1) / 2)
+    centre = ((width - 1) / 2, (height - 1) / 2)
+    pixel = tuple(args.pixel) if args.pixel else (lidar_pixel_near(batch, camera, centre) or centre)
     if not (0 <= pixel[0] <= width - 1 and 0 <= pixel[1] <= height - 1):
         raise ValueError(f"--pixel must lie in the {width} x {height} image (u in [0, {width - 1}], "
                          f"v in [0, {height - 1}]), got {pixel}")
@@ -402,7 +404,8 @@ def _parser() -> argparse.ArgumentParser:
                                  help="also render the labels (as a model certain of them)")
         if name == "termination":
             command.add_argument("--pixel", type=float, nargs=2, metavar=("U", "V"),
-                                 help="pixel of the ray (default: the image centre)")
+                                 help="pixel of the ray (default: where the LiDAR return nearest "
+                                      "the image centre projects; the centre without LiDAR)")
         if name == "affinity":
             command.add_argument("--max-segments", type=int, default=40,
                                  help="show the segments with the most rays (0: all)")

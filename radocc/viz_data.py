@@ -222,6 +222,23 @@ def lidar_depth_at(batch: dict[str, Any], camera: int, pixel: tuple[float, float
     return float(distance[near][offset[near].argmin()])
 
 
+def lidar_pixel_near(batch: dict[str, Any], camera: int,
+                     pixel: tuple[float, float]) -> tuple[float, float] | None:
+    """The pixel (u, v) where the LiDAR point projecting nearest to ``pixel`` lands in
+    ``camera`` (a ray with a measured depth); None when no point projects into that camera."""
+    from radocc.data.targets import project_points
+
+    height, width = batch["images"].shape[-2:]
+    points = batch["points"][0, : int(batch["num_points"][0])]
+    cam, uv, _, _ = project_points(points, batch["intrinsics"][0], batch["cam2ego"][0],
+                                   (height, width))
+    uv = uv[cam == camera]
+    if not len(uv):
+        return None
+    nearest = (uv - torch.tensor(pixel, dtype=uv.dtype)).norm(dim=-1).argmin()
+    return float(uv[nearest, 0]), float(uv[nearest, 1])
+
+
 class CameraAffinity(NamedTuple):
     """Segment affinities of one model on one camera (K segments, in increasing id)."""
 

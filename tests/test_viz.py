@@ -220,6 +220,25 @@ def test_termination_is_a_distribution_peaking_at_the_lidar_return(sample):
         assert p.sum() == pytest.approx(1.0, abs=1e-5) and (p >= 0).all()
 
 
+def test_lidar_pixel_near_is_a_lidar_return_near_the_pixel(sample):
+    from radocc.viz_data import lidar_depth_at, lidar_pixel_near
+
+    _, batch, _ = sample
+    centre = (79.5, 47.5)
+    u, v = lidar_pixel_near(batch, 0, centre)
+    assert lidar_depth_at(batch, 0, (u, v), radius=0.01) is not None  # a point projects there
+    from radocc.data.targets import project_points
+
+    cam, uv, _, _ = project_points(batch["points"][0, : int(batch["num_points"][0])],
+                                   batch["intrinsics"][0], batch["cam2ego"][0], (96, 160))
+    distances = (uv[cam == 0] - torch.tensor(centre)).norm(dim=-1)
+    assert len(distances) > 1  # a choice to make
+    assert float(torch.tensor([u - centre[0], v - centre[1]]).norm()) == pytest.approx(
+        float(distances.min()), abs=1e-4)  # no return projects nearer the centre
+    empty = dict(batch, num_points=torch.zeros_like(batch["num_points"]))
+    assert lidar_pixel_near(empty, 0, centre) is None
+
+
 def test_termination_figure_draws_the_whole_distribution():
     from matplotlib.patches import Rectangle, StepPatch
 
