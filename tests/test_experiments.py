@@ -65,7 +65,7 @@ def test_ablation_writes_results(ablation):
     config = (ablation / "seed0" / "rdc_rsc" / "config.toml").read_text()
     assert str(ablation / "seed0" / "teacher" / "last.pt") in config
     table = (ablation / "results.md").read_text()
-    for label in ("teacher (camera + LiDAR)", "baseline student (camera)", "+ RDC + RSC (RadOcc)",
+    for label in ("teacher (camera + LiDAR)", "baseline student (camera)", "+ RDC + RSC (RadOcc, RSC weight 10)",
                   "mIoU (camera mask, %)", "RayIoU", "AbsRel", "wall time", "machine"):
         assert label in table
 
@@ -117,6 +117,8 @@ def test_demo_writes_results_and_pictures(data_root, ablation, tmp_path):
         assert len(result["IoU"]) == 17
     assert isinstance(payload["ordering_holds"], bool)
     assert "RadOcc" in (out / "results.md").read_text()
+    config = (out / "radocc" / "config.toml").read_text()  # the demo's RadOcc: RDC 9, RSC 1
+    assert "\nrdc = 9.0\n" in config and "\nrsc = 1.0\n" in config
     for name in ("segments", "occupancy_radocc", "occupancy_baseline", "render", "termination", "affinity"):
         assert (out / f"{name}.png").stat().st_size > 1000, name
 
