@@ -1,8 +1,8 @@
 """The demo (teacher vs baseline vs RadOcc student) and the paper's ablation, measured.
 
     python -m radocc.experiments demo [--out outputs/demo] [--data-root DIR] [--seed S] [--set k=v ...]
-    python -m radocc.experiments ablation [--seeds N] [--out outputs/ablation] [--data-root DIR]
-                                          [--set k=v ...]
+    python -m radocc.experiments ablation [--seeds N] [--first-seed K] [--out outputs/ablation]
+                                          [--variants ...] [--data-root DIR] [--set k=v ...]
     python -m radocc.experiments map [--seeds N] [--out outputs/map] [--variants ...]
                                      [--occupancy-teachers DIR] [--report-only] [--data-root DIR]
                                      [--set k=v ...]
@@ -200,18 +200,22 @@ def _write(out: Path, title: str, table: list[str], payload: dict[str, Any], com
 
 def run_ablation(out: Path, seeds: int = 3, data_root: str | None = None,
                  overrides: Sequence[str] = (), variants: Sequence[str] = tuple(VARIANTS),
-                 command: str = "") -> dict[str, Any]:
-    """Every variant x ``seeds`` seeds (0..N-1), teacher first in each seed; writes
-    ``results.json`` / ``results.md`` in ``out`` and returns the results.json payload."""
+                 command: str = "", first_seed: int = 0) -> dict[str, Any]:
+    """Every variant x ``seeds`` seeds (``first_seed`` .. ``first_seed + seeds - 1``), teacher
+    first in each seed; writes ``results.json`` / ``results.md`` in ``out`` and returns the
+    results.json payload. A ``first_seed`` past the seeds a setting was chosen on gives held-out
+    runs of it."""
     if seeds < 1:
         raise ValueError(f"seeds: expected >= 1, got {seeds}")
+    if first_seed < 0:
+        raise ValueError(f"first_seed: expected >= 0, got {first_seed}")
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ValueError(f"variants: unknown {unknown}, expected some of {', '.join(VARIANTS)}")
     variants = ["teacher", *[v for v in variants if v != "teacher"]]
     tic = time.perf_counter()
     results: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
-    jobs = [(seed, v) for seed in range(seeds) for v in variants]
+    jobs = [(seed, v) for seed in range(first_seed, first_seed + seeds) for v in variants]
     bar = tqdm(jobs, desc="ablation", unit="run", dynamic_ncols=True)
     for seed, variant in bar:
         bar.set_postfix_str(f"seed {seed} {variant}")
@@ -219,11 +223,13 @@ def run_ablation(out: Path, seeds: int = 3, data_root: str | None = None,
                                             overrides, teacher_run=out / f"seed{seed}" / "teacher"))
     summary = summarise(results)
     head = "| variant | " + " | ".join(SUMMARY.values()) + " |"
-    table = [f"{seeds} seed(s), mean ± std over seeds", "", head, "|---" * (len(SUMMARY) + 1) + "|"]
+    seed_list = ", ".join(str(s) for s in range(first_seed, first_seed + seeds))
+    table = [f"{seeds} seed(s) ({seed_list}), mean ± std over seeds", "", head, "|---" * (len(SUMMARY) + 1) + "|"]
     for variant, entry in summary.items():
         table.append(f"| {VARIANTS[variant][2]} | {_fmt(entry['mIoU'], 2)} | "
                      f"{_fmt(entry['RayIoU'], 2)} | {_fmt(entry['AbsRel'], 3)} |")
-    payload = {"seeds": seeds, "overrides": list(overrides), "summary": summary, "runs": results}
+    payload = {"seeds": seeds, "first_seed": first_seed, "overrides": list(overrides),
+               "summary": summary, "runs": results}
     out.mkdir(parents=True, exist_ok=True)
     _write(out, "RadOcc ablation (synthetic Occ3D-nuScenes)", table, payload, command,
            time.perf_counter() - tic)
@@ -523,6 +529,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ablation = sub.add_parser("ablation", help="every variant x N seeds, mean ± std")
     ablation.add_argument("--out", default="outputs/ablation")
     ablation.add_argument("--seeds", type=int, default=3)
+    ablation.add_argument("--first-seed", type=int, default=0,
+                          help="run seeds K..K+N-1 (e.g. held-out seeds for a chosen setting)")
     ablation.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
                           help="a subset of the variants (the teacher is always trained)")
     vector_map = sub.add_parser("map", help="MapDistill: teacher, baseline, MapDistill student, "
@@ -554,7 +562,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                               report_only=args.report_only)
         else:
             payload = run_ablation(Path(args.out), args.seeds, args.data_root, args.set,
-                                   args.variants, command=command)
+                                   args.variants, command=command, first_seed=args.first_seed)
     except (ExperimentError, ValueError) as exc:
         print(f"radocc.experiments: error: {exc}", file=sys.stderr)
         return 2

@@ -128,5 +128,27 @@ def test_bad_arguments_are_named(tmp_path):
 
     with pytest.raises(ValueError, match="seeds"):
         run_ablation(tmp_path, seeds=0)
+    with pytest.raises(ValueError, match="first_seed"):
+        run_ablation(tmp_path, seeds=1, first_seed=-1)
     with pytest.raises(ValueError, match="variant"):
         run_variant("nope", 0, tmp_path)
+
+
+def test_first_seed_runs_held_out_seeds(tmp_path, monkeypatch):
+    import radocc.experiments as experiments
+
+    calls = []
+
+    def fake_run(variant, seed, out, data_root=None, overrides=(), teacher_run=None):
+        calls.append((variant, seed, out, teacher_run))
+        return {"seed": seed, "mIoU": 10.0 + seed, "RayIoU": 5.0, "depth": {"abs_rel": 0.5}}
+
+    monkeypatch.setattr(experiments, "run_variant", fake_run)
+    payload = experiments.run_ablation(tmp_path, seeds=2, first_seed=3, variants=["baseline"])
+    assert [(v, s) for v, s, _, _ in calls] == [("teacher", 3), ("baseline", 3), ("teacher", 4),
+                                                ("baseline", 4)]
+    assert calls[1][2] == tmp_path / "seed3" / "baseline"
+    assert calls[1][3] == tmp_path / "seed3" / "teacher"
+    assert payload["first_seed"] == 3 and payload["summary"]["baseline"]["seeds"] == [3, 4]
+    assert payload["summary"]["baseline"]["mIoU"]["mean"] == pytest.approx(13.5)
+    assert "2 seed(s) (3, 4)" in (tmp_path / "results.md").read_text()
