@@ -53,7 +53,7 @@ def ablation(data_root, tmp_path_factory) -> Path:
 
 def test_ablation_writes_results(ablation):
     payload = json.loads((ablation / "results.json").read_text())
-    assert set(payload["summary"]) == {"teacher", "baseline", "rdc_rsc"}
+    assert list(payload["summary"]) == ["teacher", "pretrain", "baseline", "rdc_rsc"]
     assert payload["seeds"] == 1 and payload["wall_s"] > 0 and payload["command"].startswith("python -m")
     for variant, entry in payload["summary"].items():
         assert entry["seeds"] == [0]
@@ -61,9 +61,15 @@ def test_ablation_writes_results(ablation):
         assert entry["mIoU"]["mean"] == pytest.approx(run["mIoU"]) and entry["mIoU"]["std"] == 0.0
         assert 0.0 <= run["mIoU"] <= 100.0 and "RayIoU" in run and run["depth"]["abs_rel"] >= 0
         assert (ablation / "seed0" / variant / "last.pt").is_file()
-    # the students distilled from this seed's teacher run
+    # the students distilled from this seed's teacher run, and every student (the baseline too)
+    # started from this seed's pretrained camera model; the runs from scratch did not
     config = (ablation / "seed0" / "rdc_rsc" / "config.toml").read_text()
     assert str(ablation / "seed0" / "teacher" / "last.pt") in config
+    start = f'init_from = "{ablation / "seed0" / "pretrain" / "last.pt"}"'
+    for variant in ("baseline", "rdc_rsc"):
+        assert start in (ablation / "seed0" / variant / "config.toml").read_text(), variant
+    for variant in ("teacher", "pretrain"):
+        assert 'init_from = ""' in (ablation / "seed0" / variant / "config.toml").read_text(), variant
     table = (ablation / "results.md").read_text()
     for label in ("teacher (camera + LiDAR)", "baseline student (camera)", "+ RDC + RSC (RadOcc, RSC weight 10)",
                   "mIoU (camera mask, %)", "RayIoU", "AbsRel", "wall time", "machine"):
@@ -111,7 +117,7 @@ def test_demo_writes_results_and_pictures(data_root, ablation, tmp_path):
     shutil.copytree(ablation / "seed0" / "teacher", out / "teacher")
     assert main(["demo", "--out", str(out), *_args(data_root)]) == 0
     payload = json.loads((out / "results.json").read_text())
-    for key in ("teacher", "baseline", "radocc"):
+    for key in ("teacher", "pretrain", "baseline", "radocc"):
         result = payload[key]
         assert 0.0 <= result["mIoU"] <= 100.0 and "RayIoU" in result and "abs_rel" in result["depth"]
         assert len(result["IoU"]) == 17
@@ -132,6 +138,8 @@ def test_bad_arguments_are_named(tmp_path):
         run_ablation(tmp_path, seeds=1, first_seed=-1)
     with pytest.raises(ValueError, match="variant"):
         run_variant("nope", 0, tmp_path)
+    with pytest.raises(ValueError, match="pretrain_run"):
+        run_variant("baseline", 0, tmp_path)
 
 
 def test_first_seed_runs_held_out_seeds(tmp_path, monkeypatch):
@@ -139,16 +147,17 @@ def test_first_seed_runs_held_out_seeds(tmp_path, monkeypatch):
 
     calls = []
 
-    def fake_run(variant, seed, out, data_root=None, overrides=(), teacher_run=None):
+    def fake_run(variant, seed, out, data_root=None, overrides=(), teacher_run=None,
+                 pretrain_run=None):
         calls.append((variant, seed, out, teacher_run))
         return {"seed": seed, "mIoU": 10.0 + seed, "RayIoU": 5.0, "depth": {"abs_rel": 0.5}}
 
     monkeypatch.setattr(experiments, "run_variant", fake_run)
     payload = experiments.run_ablation(tmp_path, seeds=2, first_seed=3, variants=["baseline"])
-    assert [(v, s) for v, s, _, _ in calls] == [("teacher", 3), ("baseline", 3), ("teacher", 4),
-                                                ("baseline", 4)]
-    assert calls[1][2] == tmp_path / "seed3" / "baseline"
-    assert calls[1][3] == tmp_path / "seed3" / "teacher"
+    assert [(v, s) for v, s, _, _ in calls] == [(v, s) for s in (3, 4)
+                                                for v in ("teacher", "pretrain", "baseline")]
+    assert calls[2][2] == tmp_path / "seed3" / "baseline"
+    assert calls[2][3] == tmp_path / "seed3" / "teacher"
     assert payload["first_seed"] == 3 and payload["summary"]["baseline"]["seeds"] == [3, 4]
     assert payload["summary"]["baseline"]["mIoU"]["mean"] == pytest.approx(13.5)
     assert "2 seed(s) (3, 4)" in (tmp_path / "results.md").read_text()
