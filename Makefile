@@ -44,9 +44,10 @@ test-all: install
 
 # The whole pipeline on 2 CPU cores: a synthetic Occ3D-nuScenes dataset, its segments (SAM when
 # SAM_CHECKPOINT names a SAM state dict, e.g. `make demo SAM_CHECKPOINT=sam_vit_h_4b8939.pth
-# SAM_MODEL_TYPE=vit_h`; else scikit-image's felzenszwalb: nothing is downloaded), then the teacher,
-# the baseline student and the RadOcc student trained with the same budget and seed, evaluated on
-# val (outputs/demo/results.md, results.json) and drawn (outputs/demo/*.png). A fresh run each time.
+# SAM_MODEL_TYPE=vit_h`; else scikit-image's felzenszwalb: nothing is downloaded), then the teacher
+# and a camera model trained from scratch, the baseline and the RadOcc student fine-tuned from that
+# camera model with the same budget and seed, evaluated on val (outputs/demo/results.md,
+# results.json) and drawn (outputs/demo/*.png). A fresh run each time.
 SAM_CHECKPOINT ?=
 SAM_MODEL_TYPE ?= vit_h
 ifneq ($(SAM_CHECKPOINT),)
