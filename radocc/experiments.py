@@ -178,7 +178,11 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 def summarise(results: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
     """Per variant, mean and std over seeds of mIoU, RayIoU and AbsRel, and the per-seed values:
-    ``{variant: {"seeds": [...], "mIoU": {"mean", "std", "values"}, ...}}``."""
+    ``{variant: {"seeds": [...], "mIoU": {"mean", "std", "values"}, ...}}``. Where a baseline
+    run of the same seed exists, also ``"mIoU_vs_baseline"``: the paired differences variant -
+    baseline per seed (same start, data order and budget), their mean and std: the seeds move
+    every row together, so this is the comparison the losses are judged by."""
+    baseline = {r["seed"]: _metrics(r)["mIoU"] for r in results.get("baseline", [])}
     summary = {}
     for variant, runs in results.items():
         entry: dict[str, Any] = {"seeds": [r["seed"] for r in runs]}
@@ -186,6 +190,10 @@ def summarise(results: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, A
             values = [_metrics(r)[key] for r in runs]
             mean, std = _mean_std(values)
             entry[key] = {"mean": mean, "std": std, "values": values}
+        paired = [_metrics(r)["mIoU"] - baseline[r["seed"]] for r in runs if r["seed"] in baseline]
+        if variant != "baseline" and paired:
+            mean, std = _mean_std(paired)
+            entry["mIoU_vs_baseline"] = {"mean": mean, "std": std, "values": paired}
         summary[variant] = entry
     return summary
 
@@ -206,20 +214,20 @@ def _machine() -> str:
             f"Python {platform.python_version()}")
 
 
-def _fmt(entry: dict[str, float], digits: int) -> str:
+def _fmt(entry: dict[str, float], digits: int, sign: bool = False) -> str:
     if math.isnan(entry["mean"]):
         return "n/a"
-    return f"{entry['mean']:.{digits}f} ± {entry['std']:.{digits}f}"
+    return f"{entry['mean']:{'+' if sign else ''}.{digits}f} ± {entry['std']:.{digits}f}"
 
 
 def _write(out: Path, title: str, table: list[str], payload: dict[str, Any], command: str,
-           wall_s: float) -> None:
+           wall_s: float, notes: Sequence[str] = ()) -> None:
     payload = dict(payload, command=command, machine=_machine(), wall_s=wall_s)
     (out / "results.json").write_text(json.dumps(_no_nan(payload), indent=2) + "\n")
     text = [f"# {title}", "", *table, "",
             f"- command: `{command}`", f"- machine: {payload['machine']}",
             f"- wall time: {wall_s / 60:.1f} min (this invocation; finished runs are not redone)",
-            "- every model evaluated on its last checkpoint (fixed budget) on the val split"]
+            *notes, "- every model evaluated on its last checkpoint (fixed budget) on the val split"]
     (out / "results.md").write_text("\n".join(text) + "\n")
 
 
@@ -249,17 +257,23 @@ def run_ablation(out: Path, seeds: int = 3, data_root: str | None = None,
                                             teacher_run=runs / "teacher",
                                             pretrain_run=runs / "pretrain"))
     summary = summarise(results)
-    head = "| variant | " + " | ".join(SUMMARY.values()) + " |"
+    head = "| variant | " + " | ".join(SUMMARY.values()) + " | mIoU - baseline, per seed | mean ± std |"
     seed_list = ", ".join(str(s) for s in range(first_seed, first_seed + seeds))
-    table = [f"{seeds} seed(s) ({seed_list}), mean ± std over seeds", "", head, "|---" * (len(SUMMARY) + 1) + "|"]
+    table = [f"{seeds} seed(s) ({seed_list}), mean ± std over seeds; mIoU - baseline: paired, "
+             "same seed", "", head, "|---" * (len(SUMMARY) + 3) + "|"]
     for variant, entry in summary.items():
+        paired = entry.get("mIoU_vs_baseline")
+        diffs = " / ".join(f"{v:+.2f}" for v in paired["values"]) if paired else ""
         table.append(f"| {VARIANTS[variant][2]} | {_fmt(entry['mIoU'], 2)} | "
-                     f"{_fmt(entry['RayIoU'], 2)} | {_fmt(entry['AbsRel'], 3)} |")
+                     f"{_fmt(entry['RayIoU'], 2)} | {_fmt(entry['AbsRel'], 3)} | {diffs} | "
+                     f"{_fmt(paired, 2, sign=True) if paired else ''} |")
     payload = {"seeds": seeds, "first_seed": first_seed, "overrides": list(overrides),
                "summary": summary, "runs": results}
     out.mkdir(parents=True, exist_ok=True)
+    compute_s = sum(r.get("train_s", 0.0) + r.get("eval_s", 0.0) for v in results.values() for r in v)
     _write(out, "RadOcc ablation (synthetic Occ3D-nuScenes)", table, payload, command,
-           time.perf_counter() - tic)
+           time.perf_counter() - tic,
+           [f"- compute: {compute_s / 60:.1f} min of training and evaluation summed over the runs"])
     return payload
 
 

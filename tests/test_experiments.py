@@ -107,6 +107,21 @@ def test_summarise_mean_and_sample_std():
     assert entry["RayIoU"]["mean"] == pytest.approx(6.0)  # a missing value is left out
     assert entry["RayIoU"]["std"] == pytest.approx(math.sqrt(2.0))
     assert entry["AbsRel"]["mean"] == pytest.approx(0.3) and entry["AbsRel"]["std"] == pytest.approx(0.1)
+    assert "mIoU_vs_baseline" not in entry
+
+
+def test_summarise_pairs_each_variant_with_the_baseline_of_its_seed():
+    from radocc.experiments import summarise
+
+    def run(seed, miou):
+        return {"seed": seed, "mIoU": miou, "RayIoU": 1.0, "depth": {"abs_rel": 0.1}}
+
+    summary = summarise({"baseline": [run(0, 10.0), run(1, 20.0)],
+                         "rdc": [run(1, 21.0), run(0, 13.0), run(2, 50.0)]})  # seed 2: no pair
+    paired = summary["rdc"]["mIoU_vs_baseline"]
+    assert paired["values"] == pytest.approx([1.0, 3.0])
+    assert paired["mean"] == pytest.approx(2.0) and paired["std"] == pytest.approx(math.sqrt(2.0))
+    assert "mIoU_vs_baseline" not in summary["baseline"]
 
 
 def test_demo_writes_results_and_pictures(data_root, ablation, tmp_path):
@@ -161,3 +176,6 @@ def test_first_seed_runs_held_out_seeds(tmp_path, monkeypatch):
     assert payload["first_seed"] == 3 and payload["summary"]["baseline"]["seeds"] == [3, 4]
     assert payload["summary"]["baseline"]["mIoU"]["mean"] == pytest.approx(13.5)
     assert "2 seed(s) (3, 4)" in (tmp_path / "results.md").read_text()
+    payload = experiments.run_ablation(tmp_path, seeds=2, first_seed=3, variants=["baseline", "rdc"])
+    assert payload["summary"]["rdc"]["mIoU_vs_baseline"]["values"] == pytest.approx([0.0, 0.0])
+    assert "| +0.00 / +0.00 | +0.00 ± 0.00 |" in (tmp_path / "results.md").read_text()
