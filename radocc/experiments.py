@@ -233,11 +233,13 @@ def _write(out: Path, title: str, table: list[str], payload: dict[str, Any], com
 
 def run_ablation(out: Path, seeds: int = 3, data_root: str | None = None,
                  overrides: Sequence[str] = (), variants: Sequence[str] = tuple(VARIANTS),
-                 command: str = "", first_seed: int = 0) -> dict[str, Any]:
+                 command: str = "", first_seed: int = 0,
+                 teacher_overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Every variant x ``seeds`` seeds (``first_seed`` .. ``first_seed + seeds - 1``), teacher
     and pretrain first in each seed; writes ``results.json`` / ``results.md`` in ``out`` and returns the
     results.json payload. A ``first_seed`` past the seeds a setting was chosen on gives held-out
-    runs of it."""
+    runs of it. ``teacher_overrides`` go to the teacher's runs only, after ``overrides`` (e.g. a
+    longer teacher: ``train.epochs=24``)."""
     if seeds < 1:
         raise ValueError(f"seeds: expected >= 1, got {seeds}")
     if first_seed < 0:
@@ -253,7 +255,8 @@ def run_ablation(out: Path, seeds: int = 3, data_root: str | None = None,
     for seed, variant in bar:
         bar.set_postfix_str(f"seed {seed} {variant}")
         runs = out / f"seed{seed}"
-        results[variant].append(run_variant(variant, seed, runs / variant, data_root, overrides,
+        sets = [*overrides, *teacher_overrides] if variant == "teacher" else overrides
+        results[variant].append(run_variant(variant, seed, runs / variant, data_root, sets,
                                             teacher_run=runs / "teacher",
                                             pretrain_run=runs / "pretrain"))
     summary = summarise(results)
@@ -268,7 +271,7 @@ def run_ablation(out: Path, seeds: int = 3, data_root: str | None = None,
                      f"{_fmt(entry['RayIoU'], 2)} | {_fmt(entry['AbsRel'], 3)} | {diffs} | "
                      f"{_fmt(paired, 2, sign=True) if paired else ''} |")
     payload = {"seeds": seeds, "first_seed": first_seed, "overrides": list(overrides),
-               "summary": summary, "runs": results}
+               "teacher_overrides": list(teacher_overrides), "summary": summary, "runs": results}
     out.mkdir(parents=True, exist_ok=True)
     compute_s = sum(r.get("train_s", 0.0) + r.get("eval_s", 0.0) for v in results.values() for r in v)
     _write(out, "RadOcc ablation (synthetic Occ3D-nuScenes)", table, payload, command,
@@ -575,6 +578,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ablation.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
                           help="a subset of the variants (the teacher and pretrain are always "
                                "trained)")
+    ablation.add_argument("--teacher-set", action="append", default=[], metavar="KEY=VALUE",
+                          help="override a config value in the teacher's runs only (repeatable), "
+                               "e.g. --teacher-set train.epochs=24 for a longer-trained teacher")
     vector_map = sub.add_parser("map", help="MapDistill: teacher, baseline, MapDistill student, "
                                             "loss ablation, multi-task student x N seeds")
     vector_map.add_argument("--out", default="outputs/map")
@@ -604,7 +610,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                               report_only=args.report_only)
         else:
             payload = run_ablation(Path(args.out), args.seeds, args.data_root, args.set,
-                                   args.variants, command=command, first_seed=args.first_seed)
+                                   args.variants, command=command, first_seed=args.first_seed,
+                                   teacher_overrides=args.teacher_set)
     except (ExperimentError, ValueError) as exc:
         print(f"radocc.experiments: error: {exc}", file=sys.stderr)
         return 2

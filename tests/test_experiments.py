@@ -179,3 +179,22 @@ def test_first_seed_runs_held_out_seeds(tmp_path, monkeypatch):
     payload = experiments.run_ablation(tmp_path, seeds=2, first_seed=3, variants=["baseline", "rdc"])
     assert payload["summary"]["rdc"]["mIoU_vs_baseline"]["values"] == pytest.approx([0.0, 0.0])
     assert "| +0.00 / +0.00 | +0.00 ± 0.00 |" in (tmp_path / "results.md").read_text()
+
+
+def test_teacher_overrides_reach_the_teacher_only(tmp_path, monkeypatch):
+    import radocc.experiments as experiments
+
+    seen = {}
+
+    def fake_run(variant, seed, out, data_root=None, overrides=(), teacher_run=None,
+                 pretrain_run=None):
+        seen[variant] = list(overrides)
+        return {"seed": seed, "mIoU": 10.0, "RayIoU": 5.0, "depth": {"abs_rel": 0.5}}
+
+    monkeypatch.setattr(experiments, "run_variant", fake_run)
+    assert experiments.main(["ablation", "--out", str(tmp_path), "--seeds", "1", "--variants", "rdc",
+                             "--set", "loss.depth=1.0", "--teacher-set", "train.epochs=24"]) == 0
+    assert seen["teacher"] == ["loss.depth=1.0", "train.epochs=24"]
+    assert seen["pretrain"] == seen["rdc"] == ["loss.depth=1.0"]
+    payload = json.loads((tmp_path / "results.json").read_text())
+    assert payload["teacher_overrides"] == ["train.epochs=24"]
