@@ -335,3 +335,35 @@ def test_train_step_benchmark_reports_every_phase(data_root, teacher_run, tmp_pa
     assert 0 < parts <= seconds["step"] * 1.05
     assert 0 < result["rendering_share"] < 1
     assert result["rays_per_sample"] == 2 * 64
+
+
+def test_diagnose_reports_voxels_termination_lss_depth_and_images(data_root, teacher_run, capsys):
+    from radocc.diagnose import _images, main
+
+    run = teacher_run.parent / "run"
+    assert main([str(teacher_run), "--checkpoint", str(run / "best.pt"), "--no-progress", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["num_samples"] == 2
+    # the ground-truth column counts every camera-visible voxel of the val split's labels
+    from radocc.data import NuScenesOccDataset
+    voxels = result["voxels"]
+    val = NuScenesOccDataset(data_root, "v1.0-mini", "val")
+    assert sum(v["gt"] for v in voxels.values()) == sum(int(val[i]["mask_camera"].sum()) for i in range(len(val)))
+    assert sum(v["gt"] for v in voxels.values()) == sum(v["pred"] for v in voxels.values())
+    assert all(v["hits"] <= min(v["gt"], v["pred"]) for v in voxels.values())
+    # "real" images give the evaluation's mIoU
+    from radocc.evaluate import main as evaluate
+    assert evaluate([str(teacher_run), "--checkpoint", str(run / "best.pt"), "--no-progress", "--json",
+                     "--no-rayiou"]) == 0
+    assert result["images"]["real"] == pytest.approx(json.loads(capsys.readouterr().out)["mIoU"], nan_ok=True)
+    for name in ("rendered", "raw"):
+        t = result["termination"][name]
+        assert t["rays"] > 0 and 0 <= t["mass_at_lidar"] <= 1 and 0 <= t["never_terminated"] <= 1
+    assert result["lss_depth"]["pixels"] > 0 and result["lss_depth"]["median_guess_abs_rel"] > 0
+    # the image inputs: one colour per image; each camera gets its neighbour's image
+    images = torch.rand(1, 3, 3, 4, 5)
+    flat = _images(images, "mean_colour")
+    assert torch.allclose(flat[0, 1, :, 0, 0], images[0, 1].mean(dim=(-2, -1))) and flat.std(dim=(-2, -1)).max() < 1e-6
+    assert torch.equal(_images(images, "neighbour_camera")[0, 1], images[0, 0])
+    assert main([str(teacher_run), "--checkpoint", str(run / "best.pt"), "--tolerance", "0"]) == 2
+    assert "tolerance" in capsys.readouterr().err

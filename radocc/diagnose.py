@@ -1,0 +1,203 @@
+"""Why an occupancy model scores what it scores: four checks of a trained model on a split.
+
+    python -m radocc.diagnose CONFIG.toml --checkpoint PATH [--split val] [--tolerance 1.0]
+                              [--json] [--set key=value ...]
+
+- ``voxels``: per class, over the camera-visible voxels (``mask_camera``), the ground-truth
+  voxels, the predicted voxels and the hits, so precision and recall: a low IoU from a class
+  predicted 6x too often (smeared along the camera rays) reads differently from one never predicted.
+- ``termination``: the model's voxels rendered along the render rays (the pixels where LiDAR
+  points project, as RDC renders them) against each ray's LiDAR return: the termination mass
+  within ``tolerance`` metres of the return, the mass that never terminates, and the rendered
+  depth's AbsRel; for the logits as the config renders them (``render.calibrated``) and raw. This
+  is the geometry RDC hands from a teacher to a student.
+- ``lss_depth`` (models with a camera branch): the expected depth of the LSS depth distribution
+  of each stride-16 feature pixel against the nearest LiDAR depth in its patch (camera z,
+  metres): AbsRel, and for scale the AbsRel of one constant guess (the median LiDAR depth).
+- ``images``: mIoU (camera mask) with the real images, with every image replaced by its mean
+  colour, and with each camera given its neighbour's image: how much of the score comes from
+  what the cameras see rather than from where classes usually are.
+
+Returns / prints one JSON-able dict; percentages are percent, depths metres.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from radocc.config import ConfigError, ExperimentConfig, load_config
+from radocc.data import DataError
+from radocc.data.occ3d import CLASS_NAMES
+from radocc.metrics import OccupancyMIoU
+
+__all__ = ["IMAGE_MODES", "diagnose_model", "format_diagnosis", "main"]
+
+IMAGE_MODES = ("real", "mean_colour", "neighbour_camera")
+"""The image inputs of the ``images`` check."""
+
+
+def _images(images: Tensor, mode: str) -> Tensor:
+    """[B, N, 3, H, W] -> the same images, or each one's mean colour, or camera n's image at n+1."""
+    if mode == "mean_colour":
+        return images.mean(dim=(-2, -1), keepdim=True).expand_as(images).contiguous()
+    if mode == "neighbour_camera":
+        return images.roll(1, dims=1)
+    return images
+
+
+def _ratio(num: float, den: float) -> float | None:
+    return None if den == 0 else 100.0 * num / den
+
+
+@torch.no_grad()
+def diagnose_model(model: torch.nn.Module, loader, config: ExperimentConfig, device: torch.device,
+                   *, tolerance: float = 1.0, progress: bool = True) -> dict[str, Any]:
+    """The four checks (module docstring) of an occupancy ``model`` over ``loader``.
+
+    Args:
+        model: a radocc OccupancyModel (camera or fusion), eval mode.
+        loader: a radocc.train render-target loader whose items carry ``depth_target`` when the
+            model has a camera branch (:func:`main` switches them on).
+        config: the config the model was trained with (grid, class weights, render bins).
+        tolerance: metres either side of the LiDAR return that count as "at the surface".
+    Returns:
+        {"voxels": {class: {"gt", "pred", "hits", "precision", "recall"}}, "termination":
+        {"rendered" | "raw": {"mass_at_lidar", "never_terminated", "depth_abs_rel"}},
+        "lss_depth": {"abs_rel", "median_guess_abs_rel", "pixels"} or None, "images":
+        {mode: mIoU}, "num_samples"}.
+    """
+    from radocc.train import build_render_loss, render_logits, to_device
+
+    if not tolerance > 0:
+        raise ValueError(f"tolerance must be > 0 metres, got {tolerance!r}")
+    num_classes = config.model.num_classes
+    fusion = config.model.modality == "fusion"
+    renderer = build_render_loss(config).to(device)
+    centres = ((renderer.edges[:-1] + renderer.edges[1:]) / 2).to(device)
+    bins = torch.arange(*config.model.camera.depth_bins, dtype=torch.float64).float().to(device)
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long, device=device)
+    ious = {mode: OccupancyMIoU() for mode in IMAGE_MODES}
+    rays: dict[str, list[Tensor]] = {"rendered": [], "raw": []}
+    lss_err, lss_depth = [], []
+    count = 0
+    for batch in tqdm(loader, desc="diagnose", unit="sample", disable=not progress):
+        batch = to_device(batch, device)
+        lidar = (batch["points"], batch["num_points"]) if fusion else (None, None)
+        for mode in IMAGE_MODES:
+            out = model(_images(batch["images"], mode), batch["intrinsics"], batch["cam2ego"], *lidar)
+            pred = out.logits.argmax(-1)
+            for b in range(pred.shape[0]):
+                ious[mode].update(pred[b], batch["semantics"][b], batch["mask_camera"][b])
+            if mode != "real":
+                continue
+            mask = batch["mask_camera"].bool()
+            pairs = batch["semantics"][mask].long() * num_classes + pred[mask]
+            confusion += torch.bincount(pairs, minlength=num_classes ** 2).view(num_classes, num_classes)
+            origins, directions, _ = renderer.rays(batch["intrinsics"], batch["cam2ego"],
+                                                   pixels=batch["ray_pixels"])
+            gt = batch["ray_depth"].flatten(1)
+            valid = batch["ray_valid"].flatten(1) & (gt > 0)
+            logits = out.logits.float()
+            for name, rendered_logits in (("rendered", render_logits(logits, config)), ("raw", logits)):
+                r = renderer.render(rendered_logits, origins, directions, termination=True, features=False)
+                near = (centres.view(1, 1, -1) - gt[..., None]).abs() <= tolerance
+                at_lidar = (r.termination[..., :-1] * near).sum(-1)
+                rays[name].append(torch.stack([at_lidar[valid], r.termination[..., -1][valid],
+                                               ((r.depth - gt).abs() / gt)[valid]], dim=1))
+            if out.depth is not None and "depth_target" in batch:
+                target = batch["depth_target"]                                # [B, N, h, w]
+                expected = (out.depth * bins.view(1, 1, -1, 1, 1)).sum(2)
+                has = target > 0
+                lss_err.append((expected[has] - target[has]).abs() / target[has])
+                lss_depth.append(target[has])
+        count += len(batch["sample_token"])
+    names = list(CLASS_NAMES)
+    voxels = {}
+    for k in range(num_classes):
+        gt, pred, hits = (int(confusion[k].sum()), int(confusion[:, k].sum()), int(confusion[k, k]))
+        voxels[names[k]] = {"gt": gt, "pred": pred, "hits": hits,
+                            "precision": _ratio(hits, pred), "recall": _ratio(hits, gt)}
+    termination = {}
+    for name, parts in rays.items():
+        values = torch.cat(parts) if parts else torch.zeros(0, 3)
+        mean = values.mean(0).tolist() if len(values) else [None] * 3
+        termination[name] = {"mass_at_lidar": mean[0], "never_terminated": mean[1],
+                             "depth_abs_rel": mean[2], "rays": len(values)}
+    lss = None
+    if lss_err:
+        err, depth = torch.cat(lss_err), torch.cat(lss_depth)
+        lss = {"abs_rel": float(err.mean()), "median_guess_abs_rel":
+               float(((depth - depth.median()).abs() / depth).mean()), "pixels": int(err.numel())}
+    return {"voxels": voxels, "termination": termination, "lss_depth": lss,
+            "images": {mode: iou.compute()["mIoU"] for mode, iou in ious.items()},
+            "num_samples": count, "tolerance_m": tolerance}
+
+
+def format_diagnosis(result: dict[str, Any]) -> str:
+    """A plain-text report of :func:`diagnose_model`'s result."""
+    pct = lambda v: "n/a" if v is None else f"{v:.1f}"  # noqa: E731
+    lines = [f"{result['num_samples']} samples", "",
+             "camera-visible voxels: ground truth / predicted / hits, precision / recall (%)"]
+    for name, v in result["voxels"].items():
+        if v["gt"] or v["pred"]:
+            lines.append(f"  {name:22s} {v['gt']:9d} {v['pred']:9d} {v['hits']:9d}  "
+                         f"{pct(v['precision']):>5s} / {pct(v['recall']):>5s}")
+    lines += ["", f"rendered termination along the LiDAR rays (mass within {result['tolerance_m']} m "
+                  "of the return / never terminated / rendered depth AbsRel)"]
+    for name, t in result["termination"].items():
+        if t["rays"]:
+            lines.append(f"  {name:9s} {t['mass_at_lidar']:.3f} / {t['never_terminated']:.3f} / "
+                         f"{t['depth_abs_rel']:.3f}  ({t['rays']} rays)")
+    if result["lss_depth"]:
+        d = result["lss_depth"]
+        lines += ["", f"LSS depth vs LiDAR: AbsRel {d['abs_rel']:.3f} (one constant guess, the median: "
+                      f"{d['median_guess_abs_rel']:.3f}; {d['pixels']} feature pixels)"]
+    lines += ["", "mIoU (camera mask, %) by image input: " + ", ".join(
+        f"{mode} {value:.2f}" for mode, value in result["images"].items())]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from radocc.checkpoint import CheckpointError
+    from radocc.evaluate import _jsonable, load_model
+    from radocc.train import TrainingError, build_dataset, build_loader
+
+    parser = argparse.ArgumentParser(prog="python -m radocc.diagnose", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", help="the experiment config the model was trained with")
+    parser.add_argument("--checkpoint", required=True, help="e.g. runs/<name>/last.pt")
+    parser.add_argument("--split", help="the split to check (default: the config's data.val_split)")
+    parser.add_argument("--tolerance", type=float, default=1.0,
+                        help="metres either side of the LiDAR return that count (default 1)")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value (e.g. data.root=...)")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config, args.set)
+        if config.task != "occupancy":
+            raise ConfigError(f"radocc.diagnose checks occupancy models; the config is task {config.task!r}")
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        model = load_model(config, args.checkpoint, device)
+        dataset = build_dataset(config, args.split or config.data.val_split, train=False, segments=False)
+        dataset.depth_targets = True          # the LSS depth check's LiDAR targets
+        loader = build_loader(dataset, config, 0, 1, train=False)
+        result = diagnose_model(model, loader, config, device, tolerance=args.tolerance,
+                                progress=not args.no_progress)
+    except (ConfigError, DataError, TrainingError, CheckpointError, FileNotFoundError, ValueError) as exc:
+        print(f"radocc.diagnose: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(_jsonable(result), indent=2) if args.json else format_diagnosis(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
