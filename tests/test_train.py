@@ -348,7 +348,8 @@ def test_diagnose_reports_voxels_termination_lss_depth_and_images(data_root, tea
     from radocc.data import NuScenesOccDataset
     voxels = result["voxels"]
     val = NuScenesOccDataset(data_root, "v1.0-mini", "val")
-    assert sum(v["gt"] for v in voxels.values()) == sum(int(val[i]["mask_camera"].sum()) for i in range(len(val)))
+    visible = sum(int(val[i]["mask_camera"].sum()) for i in range(len(val)))
+    assert sum(v["gt"] for v in voxels.values()) == visible
     assert sum(v["gt"] for v in voxels.values()) == sum(v["pred"] for v in voxels.values())
     assert all(v["hits"] <= min(v["gt"], v["pred"]) for v in voxels.values())
     # "real" images give the evaluation's mIoU
@@ -363,7 +364,8 @@ def test_diagnose_reports_voxels_termination_lss_depth_and_images(data_root, tea
     # the image inputs: one colour per image; each camera gets its neighbour's image
     images = torch.rand(1, 3, 3, 4, 5)
     flat = _images(images, "mean_colour")
-    assert torch.allclose(flat[0, 1, :, 0, 0], images[0, 1].mean(dim=(-2, -1))) and flat.std(dim=(-2, -1)).max() < 1e-6
+    assert torch.allclose(flat[0, 1, :, 0, 0], images[0, 1].mean(dim=(-2, -1)))
+    assert flat.std(dim=(-2, -1)).max() < 1e-6
     assert torch.equal(_images(images, "neighbour_camera")[0, 1], images[0, 0])
     assert main([str(teacher_run), "--checkpoint", str(run / "best.pt"), "--tolerance", "0"]) == 2
     assert "tolerance" in capsys.readouterr().err
