@@ -34,7 +34,6 @@ from tqdm import tqdm
 
 from radocc.config import ConfigError, ExperimentConfig, load_config
 from radocc.data import DataError
-from radocc.data.occ3d import CLASS_NAMES
 from radocc.metrics import OccupancyMIoU
 
 __all__ = ["IMAGE_MODES", "diagnose_model", "format_diagnosis", "main"]
@@ -77,12 +76,10 @@ def diagnose_model(model: torch.nn.Module, loader, config: ExperimentConfig, dev
 
     if not tolerance > 0:
         raise ValueError(f"tolerance must be > 0 metres, got {tolerance!r}")
-    num_classes = config.model.num_classes
     fusion = config.model.modality == "fusion"
     renderer = build_render_loss(config).to(device)
     centres = ((renderer.edges[:-1] + renderer.edges[1:]) / 2).to(device)
     bins = torch.arange(*config.model.camera.depth_bins, dtype=torch.float64).float().to(device)
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long, device=device)
     ious = {mode: OccupancyMIoU() for mode in IMAGE_MODES}
     rays: dict[str, list[Tensor]] = {"rendered": [], "raw": []}
     lss_err, lss_depth = [], []
@@ -92,14 +89,9 @@ def diagnose_model(model: torch.nn.Module, loader, config: ExperimentConfig, dev
         lidar = (batch["points"], batch["num_points"]) if fusion else (None, None)
         for mode in IMAGE_MODES:
             out = model(_images(batch["images"], mode), batch["intrinsics"], batch["cam2ego"], *lidar)
-            pred = out.logits.argmax(-1)
-            for b in range(pred.shape[0]):
-                ious[mode].update(pred[b], batch["semantics"][b], batch["mask_camera"][b])
+            ious[mode].update(out.logits.argmax(-1), batch["semantics"], batch["mask_camera"])
             if mode != "real":
                 continue
-            mask = batch["mask_camera"].bool()
-            pairs = batch["semantics"][mask].long() * num_classes + pred[mask]
-            confusion += torch.bincount(pairs, minlength=num_classes ** 2).view(num_classes, num_classes)
             origins, directions, _ = renderer.rays(batch["intrinsics"], batch["cam2ego"],
                                                    pixels=batch["ray_pixels"])
             gt = batch["ray_depth"].flatten(1)
@@ -118,11 +110,11 @@ def diagnose_model(model: torch.nn.Module, loader, config: ExperimentConfig, dev
                 lss_err.append((expected[has] - target[has]).abs() / target[has])
                 lss_depth.append(target[has])
         count += len(batch["sample_token"])
-    names = list(CLASS_NAMES)
+    confusion = ious["real"].confusion          # rows ground truth, columns prediction
     voxels = {}
-    for k in range(num_classes):
+    for k, name in enumerate(ious["real"].class_names):
         gt, pred, hits = (int(confusion[k].sum()), int(confusion[:, k].sum()), int(confusion[k, k]))
-        voxels[names[k]] = {"gt": gt, "pred": pred, "hits": hits,
+        voxels[name] = {"gt": gt, "pred": pred, "hits": hits,
                             "precision": _ratio(hits, pred), "recall": _ratio(hits, gt)}
     termination = {}
     for name, parts in rays.items():
@@ -166,20 +158,15 @@ def format_diagnosis(result: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from radocc.checkpoint import CheckpointError
-    from radocc.evaluate import _jsonable, load_model
+    from radocc.evaluate import _jsonable, add_model_arguments, load_model
     from radocc.train import TrainingError, build_dataset, build_loader
 
     parser = argparse.ArgumentParser(prog="python -m radocc.diagnose", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("config", help="the experiment config the model was trained with")
-    parser.add_argument("--checkpoint", required=True, help="e.g. runs/<name>/last.pt")
+    add_model_arguments(parser, "e.g. runs/<name>/last.pt")
     parser.add_argument("--split", help="the split to check (default: the config's data.val_split)")
     parser.add_argument("--tolerance", type=float, default=1.0,
                         help="metres either side of the LiDAR return that count (default 1)")
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value (e.g. data.root=...)")
-    parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config, args.set)

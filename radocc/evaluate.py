@@ -39,7 +39,7 @@ from radocc.metrics import DepthMetrics, OccupancyMIoU, RayIoU
 from radocc.models import OccupancyModel, build_model
 
 __all__ = ["evaluate_model", "scene_lidar_origins", "format_report", "build_task_model", "load_model",
-           "main"]
+           "add_model_arguments", "main"]
 
 
 def scene_lidar_origins(records: list[dict]) -> dict[str, np.ndarray]:
@@ -182,21 +182,27 @@ def load_model(config: ExperimentConfig, checkpoint: str | Path, device: torch.d
     return model.to(device).eval()
 
 
+def add_model_arguments(parser: argparse.ArgumentParser, checkpoint_help: str) -> None:
+    """The arguments of a command that loads one trained model: config, --checkpoint, --json,
+    --set and --no-progress (python -m radocc.evaluate, python -m radocc.diagnose)."""
+    parser.add_argument("config", help="the experiment config the model was trained with")
+    parser.add_argument("--checkpoint", required=True, help=checkpoint_help)
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value (e.g. data.root=...)")
+    parser.add_argument("--no-progress", action="store_true")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from radocc.evaluate_map import evaluate_map_model, evaluate_multitask_model, format_map_report
     from radocc.train import TrainingError, _distributed, build_dataset, build_loader
 
     parser = argparse.ArgumentParser(prog="python -m radocc.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("config", help="the experiment config the model was trained with")
-    parser.add_argument("--checkpoint", required=True, help="e.g. runs/<name>/best.pt")
+    add_model_arguments(parser, "e.g. runs/<name>/best.pt")
     parser.add_argument("--save-predictions", metavar="DIR",
                         help="write <sample_token>.npz predictions (for python -m radocc.evaluate_occ)")
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--no-rayiou", action="store_true", help="skip RayIoU (the slowest metric)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value (e.g. data.root=...)")
-    parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config, args.set)
