@@ -47,7 +47,10 @@ test-all: install
 # SAM_MODEL_TYPE=vit_h`; else scikit-image's felzenszwalb: nothing is downloaded), then the teacher
 # and a camera model trained from scratch, the baseline and the RadOcc student fine-tuned from that
 # camera model with the same budget and seed, evaluated on val (outputs/demo/results.md,
-# results.json) and drawn (outputs/demo/*.png). A fresh run each time.
+# results.json) and drawn (outputs/demo/*.png). A fresh run each time. BUDGET=long trains the
+# teacher 16 epochs and the camera model 64 with LiDAR depth supervision, the regime where the camera
+# models know objects (about 25 min on 2 CPU cores; radocc.experiments.BUDGETS).
+BUDGET ?= short
 SAM_CHECKPOINT ?=
 SAM_MODEL_TYPE ?= vit_h
 ifneq ($(SAM_CHECKPOINT),)
@@ -63,13 +66,13 @@ demo: $(DEMO_INSTALLED)
 	$(PY) -m radocc.data.synthetic --out outputs/synthetic --overwrite --quiet
 	@echo "segments: $(SEGMENTER_SAYS)"
 	$(PY) -m radocc.segments --data-root outputs/synthetic $(SEGMENTER) --overwrite --no-progress
-	$(PY) -m radocc.experiments demo --out outputs/demo
+	$(PY) -m radocc.experiments demo --out outputs/demo --budget $(BUDGET)
 
 # The paper's ablation on the synthetic dataset (resumable: run it again to continue); needs the
-# dataset and segments of `make demo`. SEEDS=3 by default.
+# dataset and segments of `make demo`. SEEDS=3 by default; BUDGET=long writes outputs/ablation-long.
 SEEDS ?= 3
 ablation: install
-	$(PY) -m radocc.experiments ablation --seeds $(SEEDS) --out outputs/ablation
+	$(PY) -m radocc.experiments ablation --seeds $(SEEDS) --budget $(BUDGET)
 
 bench: install
 	$(PY) -m radocc.bench render

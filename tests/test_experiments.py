@@ -163,7 +163,7 @@ def test_first_seed_runs_held_out_seeds(tmp_path, monkeypatch):
     calls = []
 
     def fake_run(variant, seed, out, data_root=None, overrides=(), teacher_run=None,
-                 pretrain_run=None):
+                 pretrain_run=None, budget="short"):
         calls.append((variant, seed, out, teacher_run))
         return {"seed": seed, "mIoU": 10.0 + seed, "RayIoU": 5.0, "depth": {"abs_rel": 0.5}}
 
@@ -187,7 +187,7 @@ def test_teacher_overrides_reach_the_teacher_only(tmp_path, monkeypatch):
     seen = {}
 
     def fake_run(variant, seed, out, data_root=None, overrides=(), teacher_run=None,
-                 pretrain_run=None):
+                 pretrain_run=None, budget="short"):
         seen[variant] = list(overrides)
         return {"seed": seed, "mIoU": 10.0, "RayIoU": 5.0, "depth": {"abs_rel": 0.5}}
 
@@ -198,3 +198,40 @@ def test_teacher_overrides_reach_the_teacher_only(tmp_path, monkeypatch):
     assert seen["pretrain"] == seen["rdc"] == ["loss.depth=1.0"]
     payload = json.loads((tmp_path / "results.json").read_text())
     assert payload["teacher_overrides"] == ["train.epochs=24"]
+
+
+def test_long_budget_reaches_each_role_and_a_run_keeps_its_budget(tmp_path, monkeypatch):
+    import radocc.experiments as experiments
+
+    seen = {}
+
+    def fake_train(config_file, sets, out, variant, seed, budget=None):
+        seen[variant] = list(sets)
+        result = {"seed": seed, "variant": variant, "mIoU": 10.0, "RayIoU": 5.0,
+                  "depth": {"abs_rel": 0.5}, "budget": budget}
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "eval.json").write_text(json.dumps(result))
+        return result
+
+    monkeypatch.setattr(experiments, "_train_and_evaluate", fake_train)
+    assert experiments.main(["ablation", "--budget", "long", "--out", str(tmp_path), "--seeds", "1",
+                             "--variants", "baseline", "rdc", "--set", "train.log_every=3"]) == 0
+    from radocc.config import load_config
+
+    configs = {v: load_config(experiments.CONFIGS / experiments.VARIANTS[v][0], seen[v])
+               for v in seen}
+    assert configs["teacher"].train.epochs == 16 and configs["teacher"].loss.depth == 0.0
+    assert configs["pretrain"].train.epochs == 64 and configs["pretrain"].loss.depth == 1.0
+    for student in ("baseline", "rdc"):
+        assert configs[student].train.epochs == 4 and configs[student].loss.depth == 1.0
+        assert configs[student].train.init_from == str(tmp_path / "seed0" / "pretrain" / "last.pt")
+    assert configs["rdc"].loss.rdc == 9.0 and all(c.train.log_every == 3 for c in configs.values())
+    payload = json.loads((tmp_path / "results.json").read_text())
+    assert payload["budget"] == "long" and "budget 'long'" in (tmp_path / "results.md").read_text()
+    # the finished runs are long-budget runs: reusing them for the short budget is refused
+    with pytest.raises(ValueError, match="budget.*long"):
+        experiments.run_ablation(tmp_path, seeds=1, variants=["baseline"])
+    with pytest.raises(ValueError, match="budget"):
+        experiments.run_variant("teacher", 0, tmp_path / "x", budget="medium")
+    with pytest.raises(SystemExit):  # argparse names the choices
+        experiments.main(["ablation", "--budget", "medium"])
