@@ -4,6 +4,7 @@
   an interrupted save never leaves a truncated checkpoint, and tags it with ``format`` and
   ``version``. Everything in it must load under ``torch.load(weights_only=True)``: tensors, python
   scalars and strings, and dicts / lists / tuples of them (checked before writing).
+  `link_checkpoint` makes a second name for one (``best.pt`` of the epoch that wrote ``last.pt``).
 - `load_checkpoint` reads one back with ``weights_only=True`` (no code runs from the file) and
   says clearly when a file is missing, truncated, or not a radocc checkpoint;
   `load_state_dict_file` reads a plain ``state_dict`` file (e.g. released weights).
@@ -18,6 +19,7 @@ import os
 import pickle
 import random
 import re
+import shutil
 import tempfile
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -29,7 +31,7 @@ import torch
 from torch import nn
 
 __all__ = [
-    "FORMAT", "VERSION", "CheckpointError", "save_checkpoint", "load_checkpoint",
+    "FORMAT", "VERSION", "CheckpointError", "save_checkpoint", "link_checkpoint", "load_checkpoint",
     "load_state_dict_file", "check_state_dict", "load_into", "rng_state", "set_rng_state",
 ]
 
@@ -112,13 +114,50 @@ def save_checkpoint(path: str | os.PathLike[str], state: Mapping[str, Any]) -> N
         os.chmod(tmp.name, 0o666 & ~_umask())  # NamedTemporaryFile makes it private (0600)
         os.replace(tmp.name, path)
     except BaseException:
-        try:
-            os.unlink(tmp.name)
-        except FileNotFoundError:
-            pass
+        _remove(tmp.name)
         raise
-    try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
+    _sync_folder(path.parent)
+
+
+def link_checkpoint(source: str | os.PathLike[str], path: str | os.PathLike[str]) -> None:
+    """Make ``path`` the same checkpoint as ``source`` (e.g. ``best.pt`` of the epoch that just
+    wrote ``last.pt``), atomically, without a second copy on disk.
+
+    ``path`` becomes a hard link to ``source``'s file, or a copy where the file system has no hard
+    links. A later `save_checkpoint` to ``source`` renames a new file over it, so ``path`` keeps
+    the old contents.
+
+    Raises:
+        FileNotFoundError: ``source`` does not exist.
+    """
+    source, path = Path(source), Path(path)
+    if not source.is_file():
+        raise FileNotFoundError(f"source: no checkpoint at {source}")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.link.tmp")
+    _remove(tmp)
+    try:
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        _remove(tmp)
+        raise
+    _sync_folder(path.parent)
+
+
+def _remove(path: str | os.PathLike[str]) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (best effort: not every file system allows it)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
     except OSError:
         return
     try:

@@ -42,7 +42,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from radocc import losses
-from radocc.checkpoint import CheckpointError, load_checkpoint, load_into, rng_state, save_checkpoint, set_rng_state
+from radocc.checkpoint import (CheckpointError, link_checkpoint, load_checkpoint, load_into, rng_state,
+                               save_checkpoint, set_rng_state)
 from radocc.config import ConfigError, ExperimentConfig, load_config, to_dict
 from radocc.data import DataError, DatasetConfig, NuScenesOccDataset, collate
 from radocc.data.rig import CAMERA_NAMES
@@ -482,16 +483,19 @@ class Trainer:
             self.writer = SummaryWriter(str(self.out / "tb"))
         try:
             while self.epoch < c.train.epochs:
+                is_best = False
                 self._train_epoch()
                 self.epoch += 1
                 if self.epoch % c.train.val_every == 0 or self.epoch == c.train.epochs:
                     result = self.validate()
                     self._log_scalars({f"val/{k}": v for k, v in result.items()
                                        if isinstance(v, float)}, self.iteration)
-                    if result[self.metric] > self.best_metric:
+                    is_best = result[self.metric] > self.best_metric
+                    if is_best:
                         self.best_metric = result[self.metric]
-                        self._save("best.pt")
                 self._save("last.pt")
+                if is_best:
+                    self._save("best.pt", same_as="last.pt")
                 self._append_metrics({"epoch": self.epoch, "iteration": self.iteration, **result})
         finally:
             if self.writer is not None:
@@ -533,9 +537,14 @@ class Trainer:
                     epoch=self.epoch, iteration=self.iteration, best_metric=self.best_metric,
                     rng=rng_state(), config=to_dict(self.config))
 
-    def _save(self, name: str) -> None:
+    def _save(self, name: str, same_as: str | None = None) -> None:
+        """Write ``name`` in the run folder; ``same_as``: a checkpoint of this very state, which
+        ``name`` becomes a hard link of (a second copy would double the run's disk)."""
         if self.rank == 0:
-            save_checkpoint(self.out / name, self.state_dict())
+            if same_as is None:
+                save_checkpoint(self.out / name, self.state_dict())
+            else:
+                link_checkpoint(self.out / same_as, self.out / name)
         if self.world > 1:
             dist.barrier()
 

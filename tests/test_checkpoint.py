@@ -14,8 +14,8 @@ from torch import nn
 
 from radocc import checkpoint as ckpt
 from radocc.checkpoint import (
-    CheckpointError, check_state_dict, load_checkpoint, load_into, load_state_dict_file,
-    rng_state, save_checkpoint, set_rng_state,
+    CheckpointError, check_state_dict, link_checkpoint, load_checkpoint, load_into,
+    load_state_dict_file, rng_state, save_checkpoint, set_rng_state,
 )
 
 torch.set_num_threads(1)
@@ -129,6 +129,27 @@ def test_failed_save_keeps_the_old_checkpoint_and_leaves_no_temp_file(tmp_path, 
         save_checkpoint(path, {"epoch": 3})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
     assert path.read_bytes() == before
+
+
+def test_link_shares_the_file_until_the_source_is_saved_again(tmp_path, monkeypatch):
+    last, best = tmp_path / "last.pt", tmp_path / "best.pt"
+    save_checkpoint(last, {"epoch": 1, "w": torch.ones(3)})
+    save_checkpoint(best, {"epoch": 0})
+    link_checkpoint(last, best)
+    assert best.stat().st_ino == last.stat().st_ino  # one file on disk, not two
+    save_checkpoint(last, {"epoch": 2, "w": torch.zeros(3)})
+    assert load_checkpoint(best)["epoch"] == 1 and load_checkpoint(last)["epoch"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]
+
+    def no_links(*args):
+        raise OSError("hard links not supported")
+
+    monkeypatch.setattr(os, "link", no_links)  # e.g. a FAT or some network file systems
+    link_checkpoint(last, best)
+    assert load_checkpoint(best)["epoch"] == 2 and best.stat().st_ino != last.stat().st_ino
+    with pytest.raises(FileNotFoundError, match="source"):
+        link_checkpoint(tmp_path / "missing.pt", best)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]
 
 
 def test_save_refuses_what_weights_only_cannot_load(tmp_path):

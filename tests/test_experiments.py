@@ -42,10 +42,10 @@ def _args(data_root: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def ablation(data_root, tmp_path_factory) -> Path:
+def ablation(data_root, module_tmp) -> Path:
     from radocc.experiments import main
 
-    out = tmp_path_factory.mktemp("ablation")
+    out = module_tmp / "ablation"
     assert main(["ablation", "--seeds", "1", "--out", str(out), "--variants", "baseline", "rdc_rsc",
                  *_args(data_root)]) == 0
     return out

@@ -54,10 +54,10 @@ def _args(data_root: str, out: Path, *variants: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def experiment(data_root, tmp_path_factory) -> Path:
+def experiment(data_root, module_tmp) -> Path:
     from radocc.experiments import main
 
-    out = tmp_path_factory.mktemp("map_experiments")
+    out = module_tmp / "map_experiments"
     assert main(_args(data_root, out, *VARIANTS)) == 0
     return out
 

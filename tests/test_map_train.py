@@ -98,9 +98,9 @@ def _train(config: Path, out: Path, *args: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def map_teacher(synthetic_root, tmp_path_factory) -> Path:
+def map_teacher(synthetic_root, module_tmp) -> Path:
     """A trained tiny fusion map teacher (24 channels): its config (run folder ``run`` beside it)."""
-    folder = tmp_path_factory.mktemp("map_teacher")
+    folder = module_tmp
     config = write_map_config(folder / "teacher.toml", synthetic_root, role="teacher", channels=24)
     assert _train(config, folder / "run") == 0
     return config

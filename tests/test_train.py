@@ -60,11 +60,12 @@ def data_root(synthetic_root, tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
-def teacher_run(data_root, tmp_path_factory) -> Path:
+def teacher_run(data_root, module_tmp) -> Path:
     """A trained tiny fusion teacher: its config path (run folder beside it, ``run/best.pt``)."""
     from radocc.train import main
 
-    folder = tmp_path_factory.mktemp("teacher")
+    folder = module_tmp / "teacher"
+    folder.mkdir()
     config = write_config(folder / "teacher.toml", data_root, role="teacher")
     assert main([str(config), "--out", str(folder / "run"), "--no-progress"]) == 0
     return config
@@ -88,6 +89,7 @@ def test_teacher_trains_and_writes_checkpoints(teacher_run):
         assert (run / name).is_file(), name
     state = load_checkpoint(run / "best.pt")
     assert state["epoch"] == 1 and state["iteration"] == 2  # 2 training samples, batch 1
+    assert (run / "best.pt").stat().st_ino == (run / "last.pt").stat().st_ino  # one file, two names
     assert state["config"]["model"]["modality"] == "fusion"
     record = _metrics(run)[-1]
     assert 0.0 <= record["mIoU"] <= 100.0

@@ -17,7 +17,7 @@ HEIGHT, WIDTH = SCALES["occ3d"]["image_size"]  # the configs' image size
 
 
 @pytest.fixture(scope="module")
-def runs(synthetic_root, tmp_path_factory) -> dict[str, Path]:
+def runs(synthetic_root, module_tmp) -> dict[str, Path]:
     """A data root with felzenszwalb segments, and a tiny random teacher (fusion) and RadOcc
     student (camera) saved as checkpoints; the student's config names the teacher."""
     from radocc.checkpoint import save_checkpoint
@@ -25,7 +25,7 @@ def runs(synthetic_root, tmp_path_factory) -> dict[str, Path]:
     from radocc.models import build_model
     from radocc.segments import main as segments_main
 
-    folder = tmp_path_factory.mktemp("viz")
+    folder = module_tmp
     root = folder / "root"
     shutil.copytree(synthetic_root, root)
     assert segments_main(["--data-root", str(root), "--fallback", "felzenszwalb", "--no-progress"]) == 0

@@ -15,14 +15,14 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
-def runs(synthetic_root, tmp_path_factory) -> dict[str, Path]:
+def runs(synthetic_root, module_tmp) -> dict[str, Path]:
     """A tiny random fusion map teacher, a baseline student and a MapDistill student (whose
     config names the teacher), saved as checkpoints."""
     from radocc.checkpoint import save_checkpoint
     from radocc.config import load_config
     from radocc.models import build_map_model
 
-    folder = tmp_path_factory.mktemp("viz_map")
+    folder = module_tmp
     out: dict[str, Path] = {}
     for name in ("teacher", "baseline", "mapdistill"):
         teacher = (out["teacher.toml"], out["teacher.pt"]) if name == "mapdistill" else None
