@@ -49,7 +49,7 @@ test-all: install
 # camera model with the same budget and seed, evaluated on val (outputs/demo/results.md,
 # results.json) and drawn (outputs/demo/*.png). A fresh run each time. BUDGET=long trains the
 # teacher 16 epochs and the camera model 64 with LiDAR depth supervision, the regime where the camera
-# models know objects (about 25 min on 2 CPU cores; radocc.experiments.BUDGETS).
+# models know objects (22-28 min on 2 CPU cores; radocc.experiments.BUDGETS).
 BUDGET ?= short
 SAM_CHECKPOINT ?=
 SAM_MODEL_TYPE ?= vit_h
