@@ -493,9 +493,11 @@ class Trainer:
                     is_best = result[self.metric] > self.best_metric
                     if is_best:
                         self.best_metric = result[self.metric]
-                self._save("last.pt")
+                # best.pt first, as before it was a link: an interruption between the two
+                # leaves last.pt at the previous epoch, so a resume redoes this one in full
                 if is_best:
-                    self._save("best.pt", same_as="last.pt")
+                    self._save("best.pt")
+                self._save("last.pt", same_as="best.pt" if is_best else None)
                 self._append_metrics({"epoch": self.epoch, "iteration": self.iteration, **result})
         finally:
             if self.writer is not None:
