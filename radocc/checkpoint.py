@@ -4,7 +4,7 @@
   an interrupted save never leaves a truncated checkpoint, and tags it with ``format`` and
   ``version``. Everything in it must load under ``torch.load(weights_only=True)``: tensors, python
   scalars and strings, and dicts / lists / tuples of them (checked before writing).
-  `link_checkpoint` makes a second name for one (``best.pt`` of the epoch that wrote ``last.pt``).
+  `link_checkpoint` makes a second name for one (``last.pt`` of the epoch that wrote ``best.pt``).
 - `load_checkpoint` reads one back with ``weights_only=True`` (no code runs from the file) and
   says clearly when a file is missing, truncated, or not a radocc checkpoint;
   `load_state_dict_file` reads a plain ``state_dict`` file (e.g. released weights).
@@ -120,8 +120,8 @@ def save_checkpoint(path: str | os.PathLike[str], state: Mapping[str, Any]) -> N
 
 
 def link_checkpoint(source: str | os.PathLike[str], path: str | os.PathLike[str]) -> None:
-    """Make ``path`` the same checkpoint as ``source`` (e.g. ``best.pt`` of the epoch that just
-    wrote ``last.pt``), atomically, without a second copy on disk.
+    """Make ``path`` the same checkpoint as ``source`` (e.g. ``last.pt`` of the epoch that just
+    wrote ``best.pt``), atomically, without a second copy on disk.
 
     ``path`` becomes a hard link to ``source``'s file, or a copy where the file system has no hard
     links. A later `save_checkpoint` to ``source`` renames a new file over it, so ``path`` keeps
