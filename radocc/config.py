@@ -195,7 +195,8 @@ class TrainSection:
     image_every: int = 500
     """Iterations between TensorBoard render pictures (0 = never)."""
     val_every: int = 1
-    """Epochs between validations (the best checkpoint is chosen by val mIoU)."""
+    """Epochs between validations (the best checkpoint is chosen by val mIoU); 0 = none: only
+    last.pt is written (radocc.experiments evaluates it itself)."""
     amp: str = "bf16"
     """Mixed precision on CUDA: "bf16" or "none" (CPU always runs float32)."""
     deterministic: bool = True
@@ -264,6 +265,8 @@ class ExperimentConfig:
         h, w = self.data.image_size
         if h % 16 or w % 16:
             raise ConfigError(f"data.image_size must be multiples of 16 (stride-16 features), got {(h, w)}")
+        if self.train.val_every < 0:
+            raise ConfigError(f"train.val_every must be >= 0 (0 = no validation), got {self.train.val_every}")
         if not self.optim.backbone_lr_mult > 0:
             raise ConfigError(f"optim.backbone_lr_mult must be > 0, got {self.optim.backbone_lr_mult}")
 

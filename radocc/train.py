@@ -483,11 +483,12 @@ class Trainer:
             self.writer = SummaryWriter(str(self.out / "tb"))
         try:
             while self.epoch < c.train.epochs:
-                is_best = False
+                is_best, validated = False, {}
                 self._train_epoch()
                 self.epoch += 1
-                if self.epoch % c.train.val_every == 0 or self.epoch == c.train.epochs:
-                    result = self.validate()
+                if c.train.val_every and (self.epoch % c.train.val_every == 0
+                                          or self.epoch == c.train.epochs):
+                    result = validated = self.validate()
                     self._log_scalars({f"val/{k}": v for k, v in result.items()
                                        if isinstance(v, float)}, self.iteration)
                     is_best = result[self.metric] > self.best_metric
@@ -498,7 +499,7 @@ class Trainer:
                 if is_best:
                     self._save("best.pt")
                 self._save("last.pt", same_as="best.pt" if is_best else None)
-                self._append_metrics({"epoch": self.epoch, "iteration": self.iteration, **result})
+                self._append_metrics({"epoch": self.epoch, "iteration": self.iteration, **validated})
         finally:
             if self.writer is not None:
                 self.writer.close()

@@ -283,6 +283,21 @@ def test_unknown_key_and_bad_set_value(data_root, tmp_path, capsys):
     assert _train(config, tmp_path / "run", "--set", "train.epochs=two") == 2
     err = capsys.readouterr().err
     assert "train.epochs" in err and "integer" in err
+    assert _train(config, tmp_path / "run", "--set", "train.val_every=-1") == 2
+    assert "train.val_every" in capsys.readouterr().err
+
+
+def test_val_every_zero_trains_without_validation(data_root, tmp_path, monkeypatch):
+    from radocc.train import Trainer
+
+    def no_validation(self):
+        raise AssertionError("validate() called with train.val_every = 0")
+
+    monkeypatch.setattr(Trainer, "validate", no_validation)
+    config = write_config(tmp_path / "s.toml", data_root, role="student")
+    assert _train(config, tmp_path / "run", "--set", "train.val_every=0") == 0
+    assert (tmp_path / "run" / "last.pt").is_file() and not (tmp_path / "run" / "best.pt").exists()
+    assert _metrics(tmp_path / "run") == [{"epoch": 1, "iteration": 2}]
 
 
 def test_rsc_without_segments_says_how_to_make_them(synthetic_root, teacher_run, tmp_path, capsys):
