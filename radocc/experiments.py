@@ -109,8 +109,8 @@ LONG_FINETUNE_BUDGET = (*FINETUNE_BUDGET, *_DEPTH)
 # at 384 steps of a 512-step run, seed 0; measured 2026-12-04). No validation during
 # training (train.val_every = 0): the experiment evaluates last.pt itself.
 _NO_VAL = ("train.val_every=0",)
-DEMO_TEACHER_BUDGET = ("train.epochs=16", "optim.lr=3e-3", *_NO_VAL)
-DEMO_PRETRAIN_BUDGET = ("train.epochs=24", "optim.lr=3e-3", *_NO_VAL, *_DEPTH)
+DEMO_TEACHER_BUDGET = ("train.epochs=12", "optim.lr=3e-3", *_NO_VAL)
+DEMO_PRETRAIN_BUDGET = ("train.epochs=20", "optim.lr=3e-3", *_NO_VAL, *_DEPTH)
 DEMO_FINETUNE_BUDGET = ("train.epochs=4", "optim.lr=5e-4", *_NO_VAL, *_DEPTH)
 # The short and long budgets were measured (README) with the configs' earlier 64-channel BEV.
 _BEV64 = ("model.bev_encoder.out_channels=64",)

@@ -163,7 +163,7 @@ def test_first_seed_runs_held_out_seeds(tmp_path, monkeypatch):
     calls = []
 
     def fake_run(variant, seed, out, data_root=None, overrides=(), teacher_run=None,
-                 pretrain_run=None, budget="short"):
+                 pretrain_run=None, budget="demo"):
         calls.append((variant, seed, out, teacher_run))
         return {"seed": seed, "mIoU": 10.0 + seed, "RayIoU": 5.0, "depth": {"abs_rel": 0.5}}
 
@@ -187,7 +187,7 @@ def test_teacher_overrides_reach_the_teacher_only(tmp_path, monkeypatch):
     seen = {}
 
     def fake_run(variant, seed, out, data_root=None, overrides=(), teacher_run=None,
-                 pretrain_run=None, budget="short"):
+                 pretrain_run=None, budget="demo"):
         seen[variant] = list(overrides)
         return {"seed": seed, "mIoU": 10.0, "RayIoU": 5.0, "depth": {"abs_rel": 0.5}}
 
@@ -200,7 +200,12 @@ def test_teacher_overrides_reach_the_teacher_only(tmp_path, monkeypatch):
     assert payload["teacher_overrides"] == ["train.epochs=24"]
 
 
-def test_long_budget_reaches_each_role_and_a_run_keeps_its_budget(tmp_path, monkeypatch):
+# budget -> (teacher epochs, pretrain epochs, lr from scratch, validation every, BEV channels)
+BUDGET_FACTS = {"demo": (12, 20, 3e-3, 0, 32), "short": (8, 8, 2e-3, 8, 64), "long": (16, 64, 2e-3, None, 64)}
+
+
+@pytest.mark.parametrize("budget", list(BUDGET_FACTS))
+def test_budget_reaches_each_role_and_a_run_keeps_its_budget(budget, tmp_path, monkeypatch):
     import radocc.experiments as experiments
 
     seen = {}
@@ -214,23 +219,33 @@ def test_long_budget_reaches_each_role_and_a_run_keeps_its_budget(tmp_path, monk
         return result
 
     monkeypatch.setattr(experiments, "_train_and_evaluate", fake_train)
-    assert experiments.main(["ablation", "--budget", "long", "--out", str(tmp_path), "--seeds", "1",
+    chosen = [] if budget == "demo" else ["--budget", budget]  # demo is the default
+    assert experiments.main(["ablation", *chosen, "--out", str(tmp_path), "--seeds", "1",
                              "--variants", "baseline", "rdc", "--set", "train.log_every=3"]) == 0
     from radocc.config import load_config
 
     configs = {v: load_config(experiments.CONFIGS / experiments.VARIANTS[v][0], seen[v])
                for v in seen}
-    assert configs["teacher"].train.epochs == 16 and configs["teacher"].loss.depth == 0.0
-    assert configs["pretrain"].train.epochs == 64 and configs["pretrain"].loss.depth == 1.0
+    teacher_epochs, pretrain_epochs, lr, val_every, channels = BUDGET_FACTS[budget]
+    depth = 0.0 if budget == "short" else 1.0
+    assert configs["teacher"].train.epochs == teacher_epochs and configs["teacher"].loss.depth == 0.0
+    assert configs["pretrain"].train.epochs == pretrain_epochs and configs["pretrain"].loss.depth == depth
+    assert configs["teacher"].optim.lr == configs["pretrain"].optim.lr == lr
     for student in ("baseline", "rdc"):
-        assert configs[student].train.epochs == 4 and configs[student].loss.depth == 1.0
+        assert configs[student].train.epochs == 4 and configs[student].loss.depth == depth
+        assert configs[student].optim.lr == 5e-4
         assert configs[student].train.init_from == str(tmp_path / "seed0" / "pretrain" / "last.pt")
+    for name, config in configs.items():
+        assert config.model.bev_encoder.out_channels == channels, name
+        if val_every is not None and name != "baseline" and name != "rdc":
+            assert config.train.val_every == val_every, name
     assert configs["rdc"].loss.rdc == 9.0 and all(c.train.log_every == 3 for c in configs.values())
     payload = json.loads((tmp_path / "results.json").read_text())
-    assert payload["budget"] == "long" and "budget 'long'" in (tmp_path / "results.md").read_text()
-    # the finished runs are long-budget runs: reusing them for the short budget is refused
-    with pytest.raises(ValueError, match="budget.*long"):
-        experiments.run_ablation(tmp_path, seeds=1, variants=["baseline"])
+    assert payload["budget"] == budget and f"budget '{budget}'" in (tmp_path / "results.md").read_text()
+    # the finished runs keep their budget: reusing them with another is refused
+    other = "long" if budget == "demo" else "demo"
+    with pytest.raises(ValueError, match=f"budget.*{budget}"):
+        experiments.run_ablation(tmp_path, seeds=1, variants=["baseline"], budget=other)
     with pytest.raises(ValueError, match="budget"):
         experiments.run_variant("teacher", 0, tmp_path / "x", budget="medium")
     with pytest.raises(SystemExit):  # argparse names the choices
