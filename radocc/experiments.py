@@ -27,7 +27,7 @@ Runs are resumable: a run with ``eval.json`` is not redone, an interrupted one c
 ``last.pt``. Every model is evaluated on its ``last.pt`` (the fixed budget), never on the
 checkpoint that scored best on val, because val is also where the numbers are reported.
 The budget's overrides (:data:`BUDGETS`: ``demo``, the default, fits ``make demo`` in 15 minutes
-on 2 CPU cores with camera models that know objects; ``short`` and ``long``, the earlier budgets
+on 2 CPU cores, camera models trained with depth supervision; ``short`` and ``long``, the earlier budgets
 of the README's tables) and then the
 ``--set`` overrides go to every run (e.g. ``--set train.epochs=2``); a run folder keeps its
 budget (``eval.json``), so resuming it with another is an error.
