@@ -656,7 +656,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             help="train nothing: tabulate the finished runs (partial results)")
     for p in (demo, ablation):
         p.add_argument("--budget", choices=list(BUDGETS), default=DEFAULT_BUDGET,
-                       help="demo (default): 16-epoch teacher, 24-epoch camera model with depth "
+                       help="demo (default): 12-epoch teacher, 20-epoch camera model with depth "
                             "supervision, 15 min for `make demo` on 2 CPU cores; short and long: "
                             "the earlier 64-channel budgets of the README's tables (8 / 8 epochs "
                             "without depth; 16 / 64 epochs with depth)")

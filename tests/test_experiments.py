@@ -237,7 +237,7 @@ def test_budget_reaches_each_role_and_a_run_keeps_its_budget(budget, tmp_path, m
         assert configs[student].train.init_from == str(tmp_path / "seed0" / "pretrain" / "last.pt")
     for name, config in configs.items():
         assert config.model.bev_encoder.out_channels == channels, name
-        if val_every is not None and name != "baseline" and name != "rdc":
+        if val_every is not None and name in experiments.FROM_SCRATCH:
             assert config.train.val_every == val_every, name
     assert configs["rdc"].loss.rdc == 9.0 and all(c.train.log_every == 3 for c in configs.values())
     payload = json.loads((tmp_path / "results.json").read_text())
