@@ -101,7 +101,7 @@ def extension_kwargs(with_cuda: bool) -> dict:
     """Every compile and link flag of radocc._C, in one place."""
     cxx = ["-O3", "-fopenmp"]  # torch picks the C++ standard its headers need
     kwargs = {
-        "sources": ["csrc/ops.cpp", "csrc/render_cpu.cpp"],
+        "sources": ["csrc/ops.cpp", "csrc/render_cpu.cpp", "csrc/traverse_cpu.cpp"],
         "include_dirs": [str(ROOT / "csrc")],
         "extra_compile_args": {"cxx": cxx},
         "extra_link_args": ["-fopenmp"],

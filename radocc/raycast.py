@@ -1,7 +1,9 @@
-"""Exact voxel traversal of many rays through an occupancy grid, in torch.
+"""Exact voxel traversal of many rays through an occupancy grid.
 
-`traverse` walks every ray voxel by voxel (Amanatides & Woo), all rays at once, until it meets an
-occupied voxel, leaves the grid or reaches its ``max_distance``. It serves both `RayIoU` (on which
+`traverse` walks every ray voxel by voxel (Amanatides & Woo) until it meets an occupied voxel,
+leaves the grid or reaches its ``max_distance``: on CPU tensors in the compiled kernel (the
+renderer's exact march, threads over rays), on CUDA tensors as `traverse_torch`, a vectorised loop
+in which all rays advance one voxel per pass. It serves both `RayIoU` (on which
 voxel does each ray stop, and where does it leave that voxel: SparseOcc's ray depth) and the
 synthetic dataset's Occ3D visibility masks (which voxels did the rays pass through).
 """
@@ -14,11 +16,12 @@ from typing import NamedTuple, Sequence, Union
 import numpy as np
 import torch
 
+from radocc import _ext  # noqa: F401  (registers torch.ops.radocc.traverse)
 from radocc.occ3d import GRID_LOWER, GRID_UPPER
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
-__all__ = ["ArrayLike", "Traversal", "traverse"]
+__all__ = ["ArrayLike", "Traversal", "traverse", "traverse_torch"]
 
 # Metres: boundary crossings closer than this are one crossing (the ray goes through an edge).
 _TIE_EPS = 1e-9
@@ -161,10 +164,26 @@ def traverse(occupied: torch.Tensor, origins: ArrayLike, directions: ArrayLike,
     lo, hi = _vector3(lower, "lower", dev), _vector3(upper, "upper", dev)
     if not bool((hi > lo).all()):
         raise ValueError(f"upper must exceed lower on every axis, got {lo.tolist()} {hi.tolist()}")
+    limit = _max_distance(max_distance, o.shape[0], dev)
+    if dev.type == "cpu":
+        distance, index, hit, visible, exit_distance = torch.ops.radocc.traverse(
+            occupied.contiguous(), o.contiguous(), d.contiguous(), limit.contiguous(),
+            lo.tolist(), hi.tolist(), return_visible)
+        return Traversal(distance, index, hit, visible if return_visible else None, exit_distance)
+    return traverse_torch(occupied, o, d, lo, hi, limit, return_visible)
+
+
+@torch.no_grad()
+def traverse_torch(occupied: torch.Tensor, o: torch.Tensor, d: torch.Tensor, lo: torch.Tensor,
+                   hi: torch.Tensor, limit: torch.Tensor, return_visible: bool) -> Traversal:
+    """`traverse` as a vectorised torch loop (all rays advance one voxel per pass): what it runs
+    on CUDA tensors, and the reference of the CPU kernel (``torch.ops.radocc.traverse``) in the
+    tests. Arguments are checked: occupied [X, Y, Z] bool, o and d [R, 3] float64 (d unit
+    length), lo and hi [3] float64, limit [R] float64, all on occupied's device."""
+    dev = occupied.device
     n = torch.tensor(occupied.shape, device=dev)
     size = (hi - lo) / n
     num_rays = o.shape[0]
-    limit = _max_distance(max_distance, num_rays, dev)
 
     # The part of the ray inside the box is [t_enter, t_exit].
     t_enter, t_exit, crosses = clip_to_box(o, d, lo, hi)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from radocc.raycast import traverse
+from radocc.raycast import traverse, traverse_torch
 
 
 # ----------------------------------------------------------------------------- where rays stop
@@ -324,3 +324,57 @@ def test_visited_voxels_match_a_per_voxel_slab_test():
     at_limit = ~hit & limits.isfinite() & (dist_ == limits)
     left = ~hit & ~at_limit & dist_.isfinite()
     assert min(int(hit.sum()), int(at_limit.sum()), int(left.sum()), int(dist_.isinf().sum())) >= 5
+
+
+# ----------------------------------------------------------------------------- CPU kernel vs torch loop
+def _prepared(origins: torch.Tensor, dirs: torch.Tensor):
+    return origins.double(), dirs.double() / dirs.double().norm(dim=1, keepdim=True)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_cpu_kernel_matches_the_torch_loop(seed):
+    # traverse runs torch.ops.radocc.traverse on CPU and traverse_torch on CUDA: the same rays
+    # must stop in the same voxel at the same distances, and visit the same voxels. Half of the
+    # rays are degenerate: origins on voxel planes, directions along axes and diagonals (ties).
+    gen = torch.Generator().manual_seed(seed)
+    shape = (12, 9, 5)
+    lower, upper = (-3.0, -1.0, -0.5), (3.0, 3.5, 2.0)
+    lo, hi = torch.tensor(lower, dtype=torch.float64), torch.tensor(upper, dtype=torch.float64)
+    size = (hi - lo) / torch.tensor(shape)
+    occ = torch.rand(shape, generator=gen) < 0.12
+    rays = 3000
+    origins = lo + torch.rand(rays, 3, generator=gen, dtype=torch.float64) * (hi - lo) * 1.6 \
+        - (hi - lo) * 0.3
+    dirs = torch.randn(rays, 3, generator=gen, dtype=torch.float64)
+    snap = torch.arange(rays) % 2 == 0
+    planes = lo + torch.round((origins - lo) / size) * size  # on voxel planes and corners
+    origins = torch.where(snap[:, None], planes, origins)
+    dirs = torch.where(snap[:, None], torch.randint(-1, 2, (rays, 3), generator=gen).double(), dirs)
+    dirs[(dirs == 0).all(1)] = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
+    limits = torch.where(torch.rand(rays, generator=gen) < 0.5, math.inf,
+                         torch.rand(rays, generator=gen, dtype=torch.float64) * 6)
+    kernel = traverse(occ, origins, dirs, lower, upper, max_distance=limits, return_visible=True)
+    o, d = _prepared(origins, dirs)
+    twin = traverse_torch(occ, o, d, lo, hi, limits, True)
+    assert torch.equal(kernel.hit, twin.hit)
+    assert torch.equal(kernel.index, twin.index)
+    assert torch.equal(kernel.visible, twin.visible)
+    for name in ("distance", "exit_distance"):
+        a, b = getattr(kernel, name), getattr(twin, name)
+        assert torch.equal(a.isinf(), b.isinf()), name
+        torch.testing.assert_close(a[a.isfinite()], b[b.isfinite()], rtol=0, atol=1e-9)
+    # the mix is real: hits, stops at max_distance, exits, misses; degenerate rays among the hits
+    assert int(kernel.hit.sum()) > 250 and int((kernel.hit & snap).sum()) > 100
+    assert int(kernel.distance.isinf().sum()) > 100
+    assert int((~kernel.hit & (kernel.distance == limits)).sum()) > 100
+
+
+def test_cpu_kernel_rejects_bad_tensors_from_direct_callers():
+    occ = torch.zeros(2, 2, 2, dtype=torch.bool)
+    rays = torch.zeros(3, 3, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="origins must be float64"):
+        torch.ops.radocc.traverse(occ, rays.float(), rays, torch.zeros(3, dtype=torch.float64),
+                                  [0.0] * 3, [1.0] * 3, False)
+    with pytest.raises(RuntimeError, match="max_distance must be float64"):
+        torch.ops.radocc.traverse(occ, rays, rays, torch.zeros(2, dtype=torch.float64),
+                                  [0.0] * 3, [1.0] * 3, False)
