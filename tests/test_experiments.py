@@ -138,8 +138,8 @@ def test_demo_writes_results_and_pictures(data_root, ablation, tmp_path):
         assert len(result["IoU"]) == 17
     assert isinstance(payload["ordering_holds"], bool)
     assert "RadOcc" in (out / "results.md").read_text()
-    config = (out / "radocc" / "config.toml").read_text()  # the demo's RadOcc: RDC 9, RSC 1
-    assert "\nrdc = 9.0\n" in config and "\nrsc = 1.0\n" in config
+    config = (out / "radocc" / "config.toml").read_text()  # the demo budget's RadOcc: RDC 9, RSC 10
+    assert "\nrdc = 9.0\n" in config and "\nrsc = 10.0\n" in config
     for name in ("segments", "occupancy_radocc", "occupancy_baseline", "render", "termination", "affinity"):
         assert (out / f"{name}.png").stat().st_size > 1000, name
 
@@ -201,7 +201,7 @@ def test_teacher_overrides_reach_the_teacher_only(tmp_path, monkeypatch):
 
 
 # budget -> (teacher epochs, pretrain epochs, lr from scratch, validation every, BEV channels)
-BUDGET_FACTS = {"demo": (12, 20, 3e-3, 0, 32), "short": (8, 8, 2e-3, 8, 64), "long": (16, 64, 2e-3, None, 64)}
+BUDGET_FACTS = {"demo": (20, 15, 3e-3, 0, 32), "short": (8, 8, 2e-3, 8, 64), "long": (16, 64, 2e-3, None, 64)}
 
 
 @pytest.mark.parametrize("budget", list(BUDGET_FACTS))
