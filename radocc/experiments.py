@@ -48,9 +48,9 @@ from typing import Any, Sequence
 import torch
 from tqdm import tqdm
 
-__all__ = ["VARIANTS", "DEMO_VARIANTS", "DEMO_RADOCC", "BUDGETS", "ExperimentError", "run_variant", "summarise",
-           "run_ablation", "run_demo", "MAP_VARIANTS", "run_map_variant", "summarise_map", "run_map",
-           "main"]
+__all__ = ["VARIANTS", "DEMO_VARIANTS", "DEMO_RADOCC", "BUDGETS", "ExperimentError", "run_variant",
+           "summarise", "run_ablation", "run_demo", "MAP_VARIANTS", "run_map_variant", "summarise_map",
+           "run_map", "main"]
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "synthetic"
 

@@ -178,8 +178,9 @@ def traverse_torch(occupied: torch.Tensor, o: torch.Tensor, d: torch.Tensor, lo:
                    hi: torch.Tensor, limit: torch.Tensor, return_visible: bool) -> Traversal:
     """`traverse` as a vectorised torch loop (all rays advance one voxel per pass): what it runs
     on CUDA tensors, and the reference of the CPU kernel (``torch.ops.radocc.traverse``) in the
-    tests. It trusts its arguments (`traverse` checks them): occupied [X, Y, Z] bool, o and d [R, 3] float64 (d unit
-    length), lo and hi [3] float64, limit [R] float64, all on occupied's device."""
+    tests. It trusts its arguments (`traverse` checks them): occupied [X, Y, Z] bool, o and d
+    [R, 3] float64 (d of unit length), lo and hi [3] float64, limit [R] float64, all on
+    occupied's device."""
     dev = occupied.device
     n = torch.tensor(occupied.shape, device=dev)
     size = (hi - lo) / n
