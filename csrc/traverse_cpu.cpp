@@ -10,7 +10,7 @@
 #include <limits>
 #include <tuple>
 
-#include "render.h"
+#include "render_ops.h"
 
 namespace radocc {
 namespace {
@@ -45,16 +45,11 @@ Traversal traverse_cpu(const at::Tensor& occupied, const at::Tensor& origins,
     TORCH_CHECK(t->is_contiguous() && t->device().is_cpu(),
                 "traverse: tensors must be contiguous CPU tensors");
   }
-  Grid<double> g;
   for (int a = 0; a < 3; ++a) {
     TORCH_CHECK(upper[a] > lower[a] && occupied.size(a) > 0,
                 "traverse: upper must exceed lower and the grid have voxels on every axis");
-    g.size[a] = occupied.size(a);
-    g.lower[a] = lower[a];
-    g.upper[a] = upper[a];
-    g.voxel[a] = (upper[a] - lower[a]) / double(g.size[a]);
-    g.inv_voxel[a] = 1.0 / g.voxel[a];
   }
+  const auto g = make_grid<double>(occupied.unsqueeze(0), lower, upper);  // the renderer's grid
 
   const auto f64 = origins.options();
   const double inf = std::numeric_limits<double>::infinity();
