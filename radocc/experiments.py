@@ -2,7 +2,8 @@
 
     python -m radocc.experiments demo [--out outputs/demo] [--budget demo|short|long] [--data-root DIR]
                                       [--seed S] [--set k=v ...]
-    python -m radocc.experiments ablation [--seeds N] [--first-seed K] [--budget demo|short|long]
+    python -m radocc.experiments ablation [--seeds N] [--first-seed K] [--orders M]
+                                          [--budget demo|short|long]
                                           [--out outputs/ablation] [--variants ...]
                                           [--data-root DIR] [--set k=v ...]
     python -m radocc.experiments map [--seeds N] [--out outputs/map] [--variants ...]
@@ -125,6 +126,8 @@ BUDGETS: dict[str, dict[str, tuple[str, ...]]] = {
              "student": (*LONG_FINETUNE_BUDGET, *_BEV64)},
 }
 DEFAULT_BUDGET = "demo"
+# Data order k > 0 of seed S (run_ablation's orders) fine-tunes with seed S + ORDER_SEED_STEP * k.
+ORDER_SEED_STEP = 1000
 FROM_SCRATCH = ("teacher", "pretrain")
 # The demo's runs (name -> variant); its RadOcc student, "radocc", is DEMO_RADOCC's for the budget.
 DEMO_VARIANTS = {"teacher": "teacher", "pretrain": "pretrain", "baseline": "baseline"}
@@ -234,24 +237,53 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
+def _by_seed(pairs: Sequence[tuple[int, float]]) -> dict[int, list[float]]:
+    """(seed, value) pairs -> {seed: [values]} in the order the seeds first appear, NaNs left out."""
+    groups: dict[int, list[float]] = {}
+    for seed, value in pairs:
+        groups.setdefault(seed, [])
+        if not math.isnan(value):
+            groups[seed].append(value)
+    return groups
+
+
+def _seed_means(pairs: Sequence[tuple[int, float]]) -> list[float]:
+    """The mean per seed (over its data orders) of (seed, value) pairs, in first-appearance order."""
+    return [sum(v) / len(v) if v else float("nan") for v in _by_seed(pairs).values()]
+
+
 def summarise(results: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
     """Per variant, mean and std over seeds of mIoU, RayIoU and AbsRel, and the per-seed values:
     ``{variant: {"seeds": [...], "mIoU": {"mean", "std", "values"}, ...}}``. Where a baseline
     run of the same seed exists, also ``"mIoU_vs_baseline"``: the paired differences variant -
     baseline per seed (same start, data order and budget), their mean and std: the seeds move
-    every row together, so this is the comparison the losses are judged by."""
-    baseline = {r["seed"]: _metrics(r)["mIoU"] for r in results.get("baseline", [])}
+    every row together, so this is the comparison the losses are judged by.
+
+    Runs with an ``order`` (:func:`run_ablation`'s ``orders``: the same seed fine-tuned with other
+    data orders) are paired with the baseline of the same seed and order, then averaged per seed, so
+    the mean ± std stay over seeds; ``"pairs"`` keeps every pair's difference. Where a seed has
+    several orders, ``"mIoU_order_std"`` is the std of mIoU over a seed's orders, per seed and
+    averaged: how much the data order alone moves a model (the noise floor of a comparison)."""
+    key_of = lambda r: (r["seed"], r.get("order", 0))  # noqa: E731
+    baseline = {key_of(r): _metrics(r)["mIoU"] for r in results.get("baseline", [])}
     summary = {}
     for variant, runs in results.items():
-        entry: dict[str, Any] = {"seeds": [r["seed"] for r in runs]}
+        entry: dict[str, Any] = {"seeds": list(_by_seed([(r["seed"], 0.0) for r in runs]))}
         for key in SUMMARY:
-            values = [_metrics(r)[key] for r in runs]
+            values = _seed_means([(r["seed"], _metrics(r)[key]) for r in runs])
             mean, std = _mean_std(values)
             entry[key] = {"mean": mean, "std": std, "values": values}
-        paired = [_metrics(r)["mIoU"] - baseline[r["seed"]] for r in runs if r["seed"] in baseline]
-        if variant != "baseline" and paired:
-            mean, std = _mean_std(paired)
-            entry["mIoU_vs_baseline"] = {"mean": mean, "std": std, "values": paired}
+        pairs = [(r["seed"], _metrics(r)["mIoU"] - baseline[key_of(r)]) for r in runs
+                 if key_of(r) in baseline]
+        if variant != "baseline" and pairs:
+            values = _seed_means(pairs)
+            mean, std = _mean_std(values)
+            entry["mIoU_vs_baseline"] = {"mean": mean, "std": std, "values": values,
+                                         "pairs": [d for _, d in pairs]}
+        per_seed = _by_seed([(r["seed"], _metrics(r)["mIoU"]) for r in runs]).values()
+        spread = [_mean_std(v)[1] for v in per_seed if len(v) > 1]
+        if spread:
+            entry["mIoU_order_std"] = {"mean": sum(spread) / len(spread), "values": spread}
         summary[variant] = entry
     return summary
 
@@ -292,12 +324,19 @@ def _write(out: Path, title: str, table: list[str], payload: dict[str, Any], com
 def run_ablation(out: Path, seeds: int = 3, data_root: str | None = None,
                  overrides: Sequence[str] = (), variants: Sequence[str] = tuple(VARIANTS),
                  command: str = "", first_seed: int = 0,
-                 teacher_overrides: Sequence[str] = (), budget: str = DEFAULT_BUDGET) -> dict[str, Any]:
+                 teacher_overrides: Sequence[str] = (), budget: str = DEFAULT_BUDGET,
+                 orders: int = 1) -> dict[str, Any]:
     """Every variant x ``seeds`` seeds (``first_seed`` .. ``first_seed + seeds - 1``), teacher
     and pretrain first in each seed; writes ``results.json`` / ``results.md`` in ``out`` and returns the
     results.json payload. A ``first_seed`` past the seeds a setting was chosen on gives held-out
     runs of it. ``teacher_overrides`` go to the teacher's runs only, after ``overrides`` (e.g. a
-    longer teacher: ``train.epochs=24``). ``budget``: a key of :data:`BUDGETS`."""
+    longer teacher: ``train.epochs=24``). ``budget``: a key of :data:`BUDGETS`.
+
+    ``orders``: each student is fine-tuned that many times per seed, from the same teacher and
+    start, with data orders 0 .. orders - 1 (order k trains with seed ``S + ORDER_SEED_STEP * k``:
+    another shuffle, augmentation and ray choice; order 0 is the plain run, in
+    ``seed<S>/<variant>``, later ones in ``seed<S>/<variant>-order<k>``). Variants are paired with
+    the baseline of the same seed and order, then averaged per seed (:func:`summarise`)."""
     if budget not in BUDGETS:
         raise ValueError(f"budget: expected one of {', '.join(BUDGETS)}, got {budget!r}")
     if seeds < 1:
@@ -307,30 +346,45 @@ def run_ablation(out: Path, seeds: int = 3, data_root: str | None = None,
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ValueError(f"variants: unknown {unknown}, expected some of {', '.join(VARIANTS)}")
+    if orders < 1:
+        raise ValueError(f"orders: expected >= 1, got {orders}")
     variants = [*FROM_SCRATCH, *[v for v in variants if v not in FROM_SCRATCH]]
     tic = time.perf_counter()
     results: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
-    jobs = [(seed, v) for seed in range(first_seed, first_seed + seeds) for v in variants]
+    jobs = [(seed, v, k) for seed in range(first_seed, first_seed + seeds) for v in variants
+            for k in (range(1) if v in FROM_SCRATCH else range(orders))]
     bar = tqdm(jobs, desc="ablation", unit="run", dynamic_ncols=True)
-    for seed, variant in bar:
-        bar.set_postfix_str(f"seed {seed} {variant}")
+    for seed, variant, k in bar:
+        bar.set_postfix_str(f"seed {seed} {variant}" + (f" order {k}" if k else ""))
         runs = out / f"seed{seed}"
-        sets = [*overrides, *teacher_overrides] if variant == "teacher" else overrides
-        results[variant].append(run_variant(variant, seed, runs / variant, data_root, sets,
-                                            teacher_run=runs / "teacher",
-                                            pretrain_run=runs / "pretrain", budget=budget))
+        sets = [*overrides, *teacher_overrides] if variant == "teacher" else [*overrides]
+        if k:
+            sets.append(f"seed={seed + ORDER_SEED_STEP * k}")
+        result = run_variant(variant, seed, runs / (f"{variant}-order{k}" if k else variant),
+                             data_root, sets, teacher_run=runs / "teacher",
+                             pretrain_run=runs / "pretrain", budget=budget)
+        results[variant].append(dict(result, order=k))
     summary = summarise(results)
-    head = "| variant | " + " | ".join(SUMMARY.values()) + " | mIoU - baseline, per seed | mean ± std |"
+    spread = " | mIoU std over data orders" if orders > 1 else ""
+    head = ("| variant | " + " | ".join(SUMMARY.values())
+            + f" | mIoU - baseline, per seed | mean ± std{spread} |")
     seed_list = ", ".join(str(s) for s in range(first_seed, first_seed + seeds))
     table = [f"{seeds} seed(s) ({seed_list}), budget {budget!r}, mean ± std over seeds; "
-             "mIoU - baseline: paired, same seed", "", head, "|---" * (len(SUMMARY) + 3) + "|"]
+             "mIoU - baseline: paired, same seed"
+             + (f" and data order, then averaged over the seed's {orders} data orders"
+                if orders > 1 else ""),
+             "", head, "|---" * (len(SUMMARY) + 3 + (orders > 1)) + "|"]
     for variant, entry in summary.items():
         paired = entry.get("mIoU_vs_baseline")
         diffs = " / ".join(f"{v:+.2f}" for v in paired["values"]) if paired else ""
-        table.append(f"| {VARIANTS[variant][2]} | {_fmt(entry['mIoU'], 2)} | "
-                     f"{_fmt(entry['RayIoU'], 2)} | {_fmt(entry['AbsRel'], 3)} | {diffs} | "
-                     f"{_fmt(paired, 2, sign=True) if paired else ''} |")
-    payload = {"seeds": seeds, "first_seed": first_seed, "budget": budget,
+        row = (f"| {VARIANTS[variant][2]} | {_fmt(entry['mIoU'], 2)} | "
+               f"{_fmt(entry['RayIoU'], 2)} | {_fmt(entry['AbsRel'], 3)} | {diffs} | "
+               f"{_fmt(paired, 2, sign=True) if paired else ''} |")
+        if orders > 1:
+            order_std = entry.get("mIoU_order_std")
+            row += f" {order_std['mean']:.2f} |" if order_std else " |"
+        table.append(row)
+    payload = {"seeds": seeds, "first_seed": first_seed, "orders": orders, "budget": budget,
                "budget_overrides": BUDGETS[budget], "overrides": list(overrides),
                "teacher_overrides": list(teacher_overrides), "summary": summary, "runs": results}
     out.mkdir(parents=True, exist_ok=True)
@@ -644,6 +698,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ablation.add_argument("--seeds", type=int, default=3)
     ablation.add_argument("--first-seed", type=int, default=0,
                           help="run seeds K..K+N-1 (e.g. held-out seeds for a chosen setting)")
+    ablation.add_argument("--orders", type=int, default=1,
+                          help="fine-tune each student M times per seed with other data orders "
+                               "(seed S + 1000 k) and average them per seed: the data order's "
+                               "noise measured, and made smaller")
     ablation.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
                           help="a subset of the variants (the teacher and pretrain are always "
                                "trained)")
@@ -691,6 +749,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             payload = run_ablation(Path(args.out), args.seeds, args.data_root, args.set,
                                    args.variants, command=command, first_seed=args.first_seed,
+                                   orders=args.orders,
                                    teacher_overrides=args.teacher_set, budget=args.budget)
     except (ExperimentError, ValueError) as exc:
         print(f"radocc.experiments: error: {exc}", file=sys.stderr)

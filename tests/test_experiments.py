@@ -124,6 +124,53 @@ def test_summarise_pairs_each_variant_with_the_baseline_of_its_seed():
     assert "mIoU_vs_baseline" not in summary["baseline"]
 
 
+def test_summarise_pairs_within_a_data_order_then_averages_per_seed():
+    from radocc.experiments import summarise
+
+    def run(seed, order, miou):
+        return {"seed": seed, "order": order, "mIoU": miou, "RayIoU": 1.0, "depth": {"abs_rel": 0.1}}
+
+    summary = summarise({"baseline": [run(0, 0, 10.0), run(0, 1, 12.0), run(1, 0, 20.0), run(1, 1, 20.0)],
+                         "rdc": [run(0, 0, 13.0), run(0, 1, 13.0), run(1, 0, 21.0), run(1, 1, 23.0)]})
+    paired = summary["rdc"]["mIoU_vs_baseline"]
+    assert paired["pairs"] == pytest.approx([3.0, 1.0, 1.0, 3.0])  # order k against order k
+    assert paired["values"] == pytest.approx([2.0, 2.0]) and paired["std"] == pytest.approx(0.0)
+    assert summary["baseline"]["seeds"] == [0, 1]
+    assert summary["baseline"]["mIoU"]["values"] == pytest.approx([11.0, 20.0])
+    assert summary["baseline"]["mIoU_order_std"]["values"] == pytest.approx([math.sqrt(2.0), 0.0])
+    assert summary["rdc"]["mIoU_order_std"]["mean"] == pytest.approx(math.sqrt(2.0) / 2)
+
+
+def test_orders_fine_tune_each_student_again_with_other_data_orders(tmp_path, monkeypatch):
+    import radocc.experiments as experiments
+
+    calls = []
+
+    def fake_run(variant, seed, out, data_root=None, overrides=(), teacher_run=None,
+                 pretrain_run=None, budget="demo"):
+        calls.append((variant, out.name, list(overrides)))
+        order = int(out.name.split("-order")[1]) if "-order" in out.name else 0
+        return {"seed": seed, "mIoU": 10.0 + (variant == "rdc") + order, "RayIoU": 5.0,
+                "depth": {"abs_rel": 0.5}}
+
+    monkeypatch.setattr(experiments, "run_variant", fake_run)
+    with pytest.raises(ValueError, match="orders"):
+        experiments.run_ablation(tmp_path, seeds=1, orders=0)
+    assert experiments.main(["ablation", "--out", str(tmp_path), "--seeds", "1", "--first-seed", "2",
+                             "--variants", "baseline", "rdc", "--orders", "3", "--set", "a=1"]) == 0
+    assert calls == [("teacher", "teacher", ["a=1"]), ("pretrain", "pretrain", ["a=1"]),
+                     ("baseline", "baseline", ["a=1"]),
+                     ("baseline", "baseline-order1", ["a=1", "seed=1002"]),
+                     ("baseline", "baseline-order2", ["a=1", "seed=2002"]),
+                     ("rdc", "rdc", ["a=1"]), ("rdc", "rdc-order1", ["a=1", "seed=1002"]),
+                     ("rdc", "rdc-order2", ["a=1", "seed=2002"])]
+    payload = json.loads((tmp_path / "results.json").read_text())
+    assert payload["orders"] == 3 and [r["order"] for r in payload["runs"]["rdc"]] == [0, 1, 2]
+    assert payload["summary"]["rdc"]["mIoU_vs_baseline"]["pairs"] == pytest.approx([1.0, 1.0, 1.0])
+    text = (tmp_path / "results.md").read_text()
+    assert "mIoU std over data orders" in text and "| +1.00 | +1.00 ± 0.00 | 1.00 |" in text
+
+
 def test_demo_writes_results_and_pictures(data_root, ablation, tmp_path):
     from radocc.experiments import main
 
