@@ -135,8 +135,9 @@ DEMO_VARIANTS = {"teacher": "teacher", "pretrain": "pretrain", "baseline": "base
 # teacher is better than the camera model on every class. RDC + RSC at 10 vs 1, mIoU - baseline
 # in seeds 0 / 1 / 2: +2.23 / +0.30 / -0.37 vs +0.89 / -0.31 / -0.62 (where 10 was chosen), held-out
 # seeds 3 / 4 / 5: +1.73 / +1.35 / -0.31 vs -0.09 / +0.29 / -0.14, seeds 6 / 7 / 8 (weight 10 only):
-# -1.16 / -0.79 / -0.66 (measured 2026-12-04): within the seeds' noise. RSC weight 1 in the earlier
-# budgets, whose README tables were made with it.
+# -1.16 / -0.79 / -0.66 (measured 2026-12-04); averaged over three data orders (--orders 3), seeds
+# 0-8: +0.35 +- 0.71, above in 5 of 9 (measured 2026-12-05). RSC weight 1 in the earlier budgets,
+# whose README tables were made with it.
 DEMO_RADOCC = {"demo": "rdc_rsc", "short": "rdc_rsc1", "long": "rdc_rsc1"}
 SUMMARY = {"mIoU": "mIoU (camera mask, %)", "RayIoU": "RayIoU (%)", "AbsRel": "rendered depth AbsRel"}
 
