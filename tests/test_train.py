@@ -354,7 +354,7 @@ def test_train_step_benchmark_reports_every_phase(data_root, teacher_run, tmp_pa
     assert result["rays_per_sample"] == 2 * 64
 
 
-def test_diagnose_reports_voxels_termination_lss_depth_and_images(data_root, teacher_run, capsys):
+def test_diagnose_reports_voxels_termination_semantics_lss_depth_and_images(data_root, teacher_run, capsys):
     from radocc.diagnose import _images, main
 
     run = teacher_run.parent / "run"
@@ -378,6 +378,9 @@ def test_diagnose_reports_voxels_termination_lss_depth_and_images(data_root, tea
         t = result["termination"][name]
         assert t["rays"] > 0 and 0 <= t["mass_at_lidar"] <= 1 and 0 <= t["never_terminated"] <= 1
     assert result["lss_depth"]["pixels"] > 0 and result["lss_depth"]["median_guess_abs_rel"] > 0
+    sem = result["semantics"]  # the data root has segments, so RSC to the labels is measured
+    assert sem["rays"] > 0 and sum(v["rays"] for v in sem["per_class"].values()) == sem["rays"]
+    assert 0 <= sem["right"] <= 100 and 0 <= sem["rsc_to_labels"] <= 2
     # the image inputs: one colour per image; each camera gets its neighbour's image
     images = torch.rand(1, 3, 3, 4, 5)
     flat = _images(images, "mean_colour")
@@ -386,3 +389,21 @@ def test_diagnose_reports_voxels_termination_lss_depth_and_images(data_root, tea
     assert torch.equal(_images(images, "neighbour_camera")[0, 1], images[0, 0])
     assert main([str(teacher_run), "--checkpoint", str(run / "best.pt"), "--tolerance", "0"]) == 2
     assert "tolerance" in capsys.readouterr().err
+
+
+def test_diagnose_semantics_counts_rays_whose_rendered_class_is_the_labels():
+    from radocc.diagnose import _semantics
+    from radocc.metrics import OccupancyMIoU
+
+    names = OccupancyMIoU().class_names
+    road, sidewalk = names.index("driveable_surface"), names.index("sidewalk")
+    truth = torch.tensor([road, road, sidewalk, 0])
+    said = torch.tensor([road, sidewalk, sidewalk, 1])
+    sem = _semantics(truth, said, names)
+    assert sem["rays"] == 4 and sem["right"] == pytest.approx(50.0)
+    assert sem["ground"] == pytest.approx(200 / 3) and sem["objects"] == pytest.approx(0.0)
+    assert sem["per_class"]["driveable_surface"] == {"rays": 2, "right": pytest.approx(50.0)}
+    assert sem["per_class"]["sidewalk"]["right"] == pytest.approx(100.0)
+    assert set(sem["per_class"]) == {"driveable_surface", "sidewalk", "others"}
+    empty = _semantics(torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), names)
+    assert empty["rays"] == 0 and empty["right"] is None and empty["per_class"] == {}
