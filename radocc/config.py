@@ -104,6 +104,9 @@ class LossSection:
     rsc_depth_agreement: float = 0.0
     """0 (the paper): RSC on every ray; > 0: only on rays whose student and teacher rendered
     depths agree within this fraction of the teacher's (radocc.distill.RenderDistillLoss)."""
+    rsc_semantics_only: bool = False
+    """False (the paper): RSC's gradient reaches the student's density and semantics; True: its
+    semantics only (radocc.distill.RenderDistillLoss)."""
     feature_alignment: float = LOSS_WEIGHTS["feature_alignment"]
     """Baseline: MSE between student and teacher BEV features (through a 1x1 adapter)."""
     logit_alignment: float = LOSS_WEIGHTS["logit_alignment"]

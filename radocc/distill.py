@@ -208,6 +208,11 @@ class RenderDistillLoss(nn.Module):
         rsc_depth_agreement: 0 (the paper): RSC compares every ray. > 0: only the rays whose
             rendered depths agree, |d_student - d_teacher| <= this fraction of d_teacher, so
             that both models' semantics come from the same place along the ray (not in RadOcc).
+        rsc_semantics_only: False (the paper): RSC's gradient reaches the student's density and
+            its semantic features. True: only the features; RSC's render of the student uses its
+            density detached (the same values), so RSC cannot meet the teacher's affinities by
+            moving where the student's rays stop, only by what they render there (not in RadOcc;
+            costs one more render of the student).
     """
 
     edges: Tensor
@@ -220,7 +225,7 @@ class RenderDistillLoss(nn.Module):
                  rsc_mode: str = "affinity", rays_per_image: int = 1024, stride: int = 4,
                  num_classes: int | None = None, free_index: int = -1,
                  near: float = 0.0, far: float | None = None, chunk_rays: int = 0,
-                 rsc_depth_agreement: float = 0.0) -> None:
+                 rsc_depth_agreement: float = 0.0, rsc_semantics_only: bool = False) -> None:
         super().__init__()
         if grid is None:
             grid = VoxelGrid.occ3d()
@@ -267,6 +272,9 @@ class RenderDistillLoss(nn.Module):
             raise ValueError(f"rsc_depth_agreement must be a number >= 0 (0 = off), got "
                              f"{rsc_depth_agreement!r}")
         self.rsc_depth_agreement = float(rsc_depth_agreement)
+        if not isinstance(rsc_semantics_only, bool):
+            raise ValueError(f"rsc_semantics_only must be True or False, got {rsc_semantics_only!r}")
+        self.rsc_semantics_only = rsc_semantics_only
         self.step = None if step is None else float(step)
         self.rdc_weight, self.rsc_weight, self.rsc_mode = float(rdc_weight), float(rsc_weight), rsc_mode
         self.rays_per_image, self.stride, self.chunk_rays = rays_per_image, stride, chunk_rays
@@ -277,6 +285,7 @@ class RenderDistillLoss(nn.Module):
         return (f"grid={self.grid}, bins={self.edges.numel() - 1}, step={self.step}, "
                 f"rdc_weight={self.rdc_weight}, rsc_weight={self.rsc_weight}, "
                 f"rsc_mode={self.rsc_mode!r}, rsc_depth_agreement={self.rsc_depth_agreement}, "
+                f"rsc_semantics_only={self.rsc_semantics_only}, "
                 f"rays_per_image={self.rays_per_image}, "
                 f"stride={self.stride}")
 
@@ -433,8 +442,13 @@ class RenderDistillLoss(nn.Module):
             origins, directions, pixels = self.rays(intrinsics, cam2ego, image_size, pixels,
                                                     generator)
             student = self._fields(student, "student", rsc_on)
+            detached = rsc_on and self.rsc_semantics_only
             s_render = self.render(student, origins, directions, termination=rdc_on,
-                                   features=rsc_on)
+                                   features=rsc_on and not detached)
+            if detached:  # RSC's features: the same values, no gradient to the density
+                features = self.render((student[0].detach(), student[1]), origins, directions,
+                                       termination=False, features=True).features
+                s_render = s_render._replace(features=features)
             with torch.no_grad():
                 teacher = self._fields(teacher, "teacher", rsc_on)
                 if teacher[0].shape[0] != batch:

@@ -78,6 +78,8 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "rsc_kl": ("radocc.toml", ("loss.rdc=0.0", 'loss.rsc_mode="kl"'), "+ RSC (kl)"),
     "rdc_rsc": ("radocc.toml", (RDC_WEIGHT,), "+ RDC + RSC (RadOcc, RSC weight 10)"),
     "rdc_rsc1": ("radocc.toml", (RDC_WEIGHT, RSC_WEIGHT), "+ RDC + RSC (RadOcc, RSC weight 1)"),
+    "rdc_rsc_sem": ("radocc.toml", (RDC_WEIGHT, "loss.rsc_semantics_only=true"),
+                    "+ RDC + RSC (weight 10) into the semantics only, not the density"),
 }
 # The budget of the runs from scratch (teacher, pretrain), on top of the configs: 8 epochs (128
 # steps) at lr 2e-3. The configs' 4 epochs at 1e-3 left the teacher knowing only the road (3.2

@@ -171,7 +171,8 @@ def build_render_loss(config: ExperimentConfig):
                              rdc_weight=w.rdc, rsc_weight=w.rsc, rsc_mode=w.rsc_mode,
                              rays_per_image=r.rays_per_image, stride=r.stride,
                              num_classes=m.num_classes, free_index=m.num_classes - 1,
-                             chunk_rays=r.chunk_rays, rsc_depth_agreement=w.rsc_depth_agreement)
+                             chunk_rays=r.chunk_rays, rsc_depth_agreement=w.rsc_depth_agreement,
+                             rsc_semantics_only=w.rsc_semantics_only)
 
 
 def render_logits(logits: Tensor, config: ExperimentConfig) -> Tensor:

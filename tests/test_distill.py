@@ -157,6 +157,37 @@ def test_rsc_depth_agreement_keeps_the_rays_whose_depths_agree(mode):
     assert not torch.allclose(out["rsc"], wide["rsc"])
 
 
+@pytest.mark.parametrize("rdc_weight", [0.0, 2.0])
+def test_rsc_semantics_only_sends_rsc_gradient_to_the_features_not_the_density(rdc_weight):
+    intrinsics, cam2ego = cameras()
+    grid_logits = logits(seed=0)
+    density0 = density_from_logits(grid_logits, K - 1, 1.0)
+    features0 = semantic_features(grid_logits, -1)
+    teacher = logits(seed=1)
+    kwargs = dict(pixels=random_pixels(2, 2, 40), segments=block_segments(2, 2))
+
+    def run(**options):
+        density = density0.clone().requires_grad_(True)
+        features = features0.clone().requires_grad_(True)
+        out = make(rdc_weight=rdc_weight, **options)((density, features), teacher, intrinsics,
+                                                     cam2ego, IMAGE, **kwargs)
+        out["loss"].backward()
+        return out, density.grad, features.grad
+
+    paper, d_paper, f_paper = run()
+    only, d_only, f_only = run(rsc_semantics_only=True)
+    torch.testing.assert_close(only["loss"], paper["loss"])  # the same values
+    torch.testing.assert_close(only["student"].features, paper["student"].features)
+    torch.testing.assert_close(f_only, f_paper)  # RSC reaches the features as before ...
+    if rdc_weight:  # ... and the density gets RDC's gradient alone
+        rdc_only, d_rdc, _ = run(rsc_weight=0.0)
+        torch.testing.assert_close(d_only, d_rdc)
+        assert not torch.allclose(d_only, d_paper)
+    else:
+        assert d_only is None or not bool(d_only.any())
+        assert bool(d_paper.abs().sum() > 0)
+
+
 def test_bin_edges():
     assert bin_edges(1.0, 45.0, 0.5).numel() == 89
     torch.testing.assert_close(make().edges, torch.arange(0.5, 12.25, 0.5))
@@ -335,6 +366,7 @@ def test_bad_input_names_the_argument(change, match):
     (dict(step=0.0), "step"),
     (dict(num_classes=K, free_index=K), "free_index"),
     (dict(rsc_depth_agreement=-0.1), "rsc_depth_agreement"),
+    (dict(rsc_semantics_only=1), "rsc_semantics_only"),
 ])
 def test_bad_construction(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -297,3 +297,17 @@ def test_budget_reaches_each_role_and_a_run_keeps_its_budget(budget, tmp_path, m
         experiments.run_variant("teacher", 0, tmp_path / "x", budget="medium")
     with pytest.raises(SystemExit):  # argparse names the choices
         experiments.main(["ablation", "--budget", "medium"])
+
+
+def test_rsc_semantics_only_variant_is_radocc_with_rsc_kept_off_the_density():
+    from radocc.config import load_config
+    from radocc.experiments import CONFIGS, VARIANTS
+
+    def config(variant):
+        file, sets, _ = VARIANTS[variant]
+        return load_config(CONFIGS / file, list(sets))
+
+    paper, semantics = config("rdc_rsc"), config("rdc_rsc_sem")
+    assert not paper.loss.rsc_semantics_only and semantics.loss.rsc_semantics_only
+    assert (semantics.loss.rdc, semantics.loss.rsc, semantics.loss.rsc_mode) == (
+        paper.loss.rdc, paper.loss.rsc, paper.loss.rsc_mode) == (9.0, 10.0, "affinity")
