@@ -185,8 +185,10 @@ def test_demo_writes_results_and_pictures(data_root, ablation, tmp_path):
         assert len(result["IoU"]) == 17
     assert isinstance(payload["ordering_holds"], bool)
     assert "RadOcc" in (out / "results.md").read_text()
-    config = (out / "radocc" / "config.toml").read_text()  # the demo budget's RadOcc: RDC 9, RSC 10
+    # the demo budget's RadOcc: RDC 9, RSC 10 into the semantics only
+    config = (out / "radocc" / "config.toml").read_text()
     assert "\nrdc = 9.0\n" in config and "\nrsc = 10.0\n" in config
+    assert "\nrsc_semantics_only = true\n" in config
     for name in ("segments", "occupancy_radocc", "occupancy_baseline", "render", "termination", "affinity"):
         assert (out / f"{name}.png").stat().st_size > 1000, name
 
