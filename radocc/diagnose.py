@@ -109,19 +109,21 @@ def diagnose_model(model: torch.nn.Module, loader, config: ExperimentConfig, dev
             origins, directions, _ = renderer.rays(batch["intrinsics"], batch["cam2ego"],
                                                    pixels=batch["ray_pixels"])
             gt = batch["ray_depth"].flatten(1)
-            valid = batch["ray_valid"].flatten(1) & (gt > 0)
+            ray_ok = batch["ray_valid"].flatten(1)
+            valid = ray_ok & (gt > 0)
             logits = out.logits.float()
+            renders = {}
             for name, rendered_logits in (("rendered", render_logits(logits, config)), ("raw", logits)):
-                r = renderer.render(rendered_logits, origins, directions, termination=True, features=False)
+                r = renderer.render(rendered_logits, origins, directions, termination=True,
+                                    features=name == "rendered")  # the semantics check's too
+                renders[name] = r
                 near = (centres.view(1, 1, -1) - gt[..., None]).abs() <= tolerance
                 at_lidar = (r.termination[..., :-1] * near).sum(-1)
                 rays[name].append(torch.stack([at_lidar[valid], r.termination[..., -1][valid],
                                                ((r.depth - gt).abs() / gt)[valid]], dim=1))
             labels = ground_truth_logits(batch["semantics"], logits.shape[-1])
             truth = renderer.render(labels, origins, directions, termination=False, features=True)
-            said = renderer.render(render_logits(logits, config), origins, directions,
-                                   termination=False, features=True)
-            ray_ok = batch["ray_valid"].flatten(1)
+            said = renders["rendered"]
             hit = ray_ok & (truth.opacity > 0.5)
             truths.append(truth.features.argmax(-1)[hit])
             saids.append(said.features.argmax(-1)[hit])

@@ -180,7 +180,7 @@ def test_rsc_semantics_only_sends_rsc_gradient_to_the_features_not_the_density(r
     torch.testing.assert_close(only["student"].features, paper["student"].features)
     torch.testing.assert_close(f_only, f_paper)  # RSC reaches the features as before ...
     if rdc_weight:  # ... and the density gets RDC's gradient alone
-        rdc_only, d_rdc, _ = run(rsc_weight=0.0)
+        _, d_rdc, _ = run(rsc_weight=0.0)
         torch.testing.assert_close(d_only, d_rdc)
         assert not torch.allclose(d_only, d_paper)
     else:
